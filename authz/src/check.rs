@@ -1,0 +1,247 @@
+//! The ext_authz v3 `Check` handler: request → identity → input → policy → decision →
+//! `CheckResponse`. Every error on this path becomes a denial; [`Denial`] is the one place
+//! where reasons are mapped to HTTP and gRPC statuses.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwapOption;
+use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
+use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption, QueryParameter};
+use envoy_types::pb::envoy::r#type::v3::HttpStatus;
+use envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorization;
+use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse};
+use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value as PbValue};
+use envoy_types::pb::google::rpc;
+use tonic::{Request, Response, Status};
+use tracing::{info, warn};
+
+use crate::decision::{Decision, DecisionError};
+use crate::input::{self, InputError};
+use crate::jwt::{IdentityError, TokenVerifier};
+use crate::metrics::{DecisionLabels, Metrics};
+use crate::policy::{PolicyBundle, PolicyError};
+
+/// Header carrying the verified subject to the upstream.
+pub const SUBJECT_HEADER: &str = "x-qiria-subject";
+/// Header carrying the verified roles (comma-separated) to the upstream.
+pub const ROLES_HEADER: &str = "x-qiria-roles";
+/// Header carrying the decision id to the upstream and on denials to the client.
+pub const DECISION_ID_HEADER: &str = "x-qiria-decision-id";
+/// Namespace-free key of the decision id in the response's dynamic metadata.
+pub const DECISION_ID_KEY: &str = "decision_id";
+
+/// Why a request is denied; each reason has exactly one status.
+#[derive(Debug, thiserror::Error)]
+pub enum Denial {
+    /// The policy denied and the request had no valid identity.
+    #[error("unauthenticated ({0})")]
+    Unauthenticated(IdentityError),
+    /// The policy denied a request with a valid identity.
+    #[error("forbidden")]
+    Forbidden,
+    /// The input document could not be built.
+    #[error("bad request: {0}")]
+    BadRequest(#[from] InputError),
+    /// No policy bundle has been loaded yet.
+    #[error("no policy loaded")]
+    NoPolicy,
+    /// Evaluation failed (error, time limit).
+    #[error("{0}")]
+    Policy(#[from] PolicyError),
+    /// The decision rule's value is not a decision.
+    #[error("{0}")]
+    Decision(#[from] DecisionError),
+    /// A verified claim cannot be carried in a header.
+    #[error("claim `{0}` holds characters that cannot go in a header")]
+    UnsafeClaim(&'static str),
+}
+
+impl Denial {
+    /// HTTP status for Envoy to send, gRPC code for the CheckResponse, short error code.
+    fn status(&self) -> (u16, tonic::Code, &'static str) {
+        match self {
+            Self::Unauthenticated(_) => (401, tonic::Code::Unauthenticated, "unauthenticated"),
+            Self::Forbidden | Self::UnsafeClaim(_) => (403, tonic::Code::PermissionDenied, "forbidden"),
+            Self::BadRequest(_) => (400, tonic::Code::InvalidArgument, "bad_request"),
+            Self::NoPolicy => (503, tonic::Code::Unavailable, "unavailable"),
+            Self::Policy(_) | Self::Decision(_) => (403, tonic::Code::PermissionDenied, "forbidden"),
+        }
+    }
+}
+
+/// Everything a decision needs; shared by all connections.
+pub struct Authorizer {
+    verifier: Arc<TokenVerifier>,
+    policy: Arc<ArcSwapOption<PolicyBundle>>,
+    metrics: Arc<Metrics>,
+    log_decisions: bool,
+}
+
+impl Authorizer {
+    /// Wires the verifier, the live policy slot and the metrics.
+    pub fn new(
+        verifier: Arc<TokenVerifier>,
+        policy: Arc<ArcSwapOption<PolicyBundle>>,
+        metrics: Arc<Metrics>,
+        log_decisions: bool,
+    ) -> Self {
+        Self { verifier, policy, metrics, log_decisions }
+    }
+
+    /// Decides one request. Never fails: every error is a denial.
+    pub fn check(&self, request: &CheckRequest) -> CheckResponse {
+        let started = Instant::now();
+        let decision_id = uuid::Uuid::new_v4().to_string();
+        let bundle = self.policy.load_full();
+        let revision = bundle.as_ref().map(|b| b.revision()).unwrap_or_default();
+        let http = request.attributes.as_ref().and_then(|a| a.request.as_ref()).and_then(|r| r.http.as_ref());
+        let authorization = http.and_then(|h| h.headers.get("authorization")).map(String::as_str);
+        let identity = self.verifier.verify_header(authorization);
+
+        let evaluated = bundle.as_deref().ok_or(Denial::NoPolicy).and_then(|bundle| {
+            let input = input::build(request, identity.as_deref())?;
+            Ok(Decision::from_value(&bundle.evaluate(input)?)?)
+        });
+        let (mut response, status) = match (evaluated, &identity) {
+            (Ok(decision), Ok(identity)) if decision.allowed => {
+                allow(&decision, Some((&identity.subject, &identity.roles)), &decision_id)
+            }
+            (Ok(decision), Err(_)) if decision.allowed => allow(&decision, None, &decision_id),
+            (Ok(decision), Err(reason)) => deny(&Denial::Unauthenticated(reason.clone()), &decision, &decision_id),
+            (Ok(decision), Ok(_)) => deny(&Denial::Forbidden, &decision, &decision_id),
+            (Err(denial), _) => {
+                if matches!(denial, Denial::Policy(_) | Denial::Decision(_)) {
+                    warn!(target: "qiria::decision", decision_id, revision, error = %denial, "policy failed; denying");
+                }
+                deny(&denial, &Decision::default(), &decision_id)
+            }
+        };
+        let allowed = status == 200;
+        response.dynamic_metadata = Some(metadata(&decision_id, revision, allowed, status));
+        self.metrics
+            .decisions
+            .get_or_create(&DecisionLabels { outcome: if allowed { "allow" } else { "deny" }, status })
+            .inc();
+        self.metrics.decision_seconds.observe(started.elapsed().as_secs_f64());
+        if self.log_decisions {
+            // The query string may carry secrets: only the path is logged.
+            let path = http.map(|h| h.path.split('?').next().unwrap_or_default()).unwrap_or_default();
+            info!(
+                target: "qiria::decision",
+                decision_id,
+                allowed,
+                status,
+                revision,
+                method = http.map(|h| h.method.as_str()).unwrap_or_default(),
+                path,
+                subject = identity.as_ref().map(|i| i.subject.as_str()).unwrap_or_default(),
+                identity_error = identity.as_ref().err().map(IdentityError::code).unwrap_or_default(),
+                duration_us = started.elapsed().as_micros() as u64,
+            );
+        }
+        response
+    }
+}
+
+fn allow(decision: &Decision, identity: Option<(&str, &[String])>, decision_id: &str) -> (CheckResponse, u16) {
+    let reserved =
+        |name: &str| [SUBJECT_HEADER, ROLES_HEADER, DECISION_ID_HEADER].iter().any(|r| name.eq_ignore_ascii_case(r));
+    let mut headers: Vec<HeaderValueOption> =
+        decision.headers.iter().filter(|(k, _)| !reserved(k)).map(|(k, v)| header(k, v)).collect();
+    let mut to_remove: Vec<String> =
+        decision.request_headers_to_remove.iter().filter(|k| !reserved(k)).cloned().collect();
+    match identity {
+        Some((subject, roles)) => {
+            let roles = roles.join(",");
+            if !header_safe(subject) {
+                return deny(&Denial::UnsafeClaim("sub"), &Decision::default(), decision_id);
+            }
+            if !header_safe(&roles) {
+                return deny(&Denial::UnsafeClaim("roles"), &Decision::default(), decision_id);
+            }
+            headers.push(header(SUBJECT_HEADER, subject));
+            headers.push(header(ROLES_HEADER, &roles));
+        }
+        None => to_remove.extend([SUBJECT_HEADER.to_string(), ROLES_HEADER.to_string()]),
+    }
+    headers.push(header(DECISION_ID_HEADER, decision_id));
+    let ok = OkHttpResponse {
+        headers,
+        headers_to_remove: to_remove,
+        response_headers_to_add: decision.response_headers_to_add.iter().map(|(k, v)| header(k, v)).collect(),
+        query_parameters_to_set: decision
+            .query_parameters_to_set
+            .iter()
+            .map(|(k, v)| QueryParameter { key: k.clone(), value: v.clone() })
+            .collect(),
+        query_parameters_to_remove: decision.query_parameters_to_remove.clone(),
+        ..Default::default()
+    };
+    let response = CheckResponse {
+        status: Some(rpc::Status { code: tonic::Code::Ok as i32, ..Default::default() }),
+        http_response: Some(HttpResponse::OkResponse(ok)),
+        dynamic_metadata: None,
+    };
+    (response, 200)
+}
+
+/// A denial: the policy's own status, headers and body when it gave them, ours otherwise.
+fn deny(denial: &Denial, policy_decision: &Decision, decision_id: &str) -> (CheckResponse, u16) {
+    let (default_status, code, error) = denial.status();
+    let status = policy_decision.http_status.unwrap_or(default_status);
+    let mut headers = vec![header("content-type", "application/json"), header(DECISION_ID_HEADER, decision_id)];
+    if let Denial::Unauthenticated(reason) = denial {
+        let challenge = match reason {
+            IdentityError::Missing => "Bearer realm=\"qiria\"",
+            _ => "Bearer realm=\"qiria\", error=\"invalid_token\"",
+        };
+        headers.push(header("www-authenticate", challenge));
+    }
+    headers.extend(policy_decision.headers.iter().map(|(k, v)| header(k, v)));
+    let body = policy_decision
+        .body
+        .clone()
+        .unwrap_or_else(|| serde_json::json!({ "error": error, "decision_id": decision_id }).to_string());
+    let denied = DeniedHttpResponse { status: Some(HttpStatus { code: i32::from(status) }), headers, body };
+    let response = CheckResponse {
+        status: Some(rpc::Status { code: code as i32, message: error.to_string(), details: Vec::new() }),
+        http_response: Some(HttpResponse::DeniedResponse(denied)),
+        dynamic_metadata: None,
+    };
+    (response, status)
+}
+
+fn header(key: &str, value: &str) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue { key: key.to_string(), value: value.to_string(), raw_value: Vec::new() }),
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        ..Default::default()
+    }
+}
+
+/// Visible ASCII and spaces only: a claim must not be able to smuggle header syntax.
+fn header_safe(value: &str) -> bool {
+    value.bytes().all(|b| (0x20..0x7f).contains(&b))
+}
+
+fn metadata(decision_id: &str, revision: &str, allowed: bool, status: u16) -> Struct {
+    let string = |s: &str| PbValue { kind: Some(Kind::StringValue(s.to_string())) };
+    let mut fields = std::collections::HashMap::new();
+    fields.insert(DECISION_ID_KEY.to_string(), string(decision_id));
+    fields.insert("bundle_revision".to_string(), string(revision));
+    fields.insert("allowed".to_string(), PbValue { kind: Some(Kind::BoolValue(allowed)) });
+    fields.insert("status".to_string(), PbValue { kind: Some(Kind::NumberValue(f64::from(status))) });
+    Struct { fields }
+}
+
+/// The tonic service around an [`Authorizer`].
+pub struct CheckService(pub Arc<Authorizer>);
+
+#[tonic::async_trait]
+impl Authorization for CheckService {
+    async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
+        Ok(Response::new(self.0.check(request.get_ref())))
+    }
+}

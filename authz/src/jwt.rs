@@ -1,0 +1,284 @@
+//! Bearer-token verification: RS256/ES256 only, `exp`/`iss`/`aud` required, the key chosen by
+//! `kid` from the current [`KeySet`] and bound to its own algorithm. Verified tokens are cached
+//! by a SHA-256 of the token, never past their `exp`, and a cached token whose key has left the
+//! set is not honoured.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use base64::Engine as _;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, Validation};
+use moka::sync::Cache;
+use sha2::{Digest, Sha256};
+
+use crate::config::JwtConfig;
+use crate::keys::{KeySet, VerifyKey};
+
+/// A verified token: who it names and what it grants.
+#[derive(Debug)]
+pub struct Identity {
+    /// The `sub` claim.
+    pub subject: String,
+    /// The `roles` claim (empty when absent).
+    pub roles: Vec<String>,
+    /// All claims, ready to be placed at `input.identity`.
+    pub claims: regorus::Value,
+    /// `exp`, seconds since the epoch.
+    pub expires_at: u64,
+    key: Arc<VerifyKey>,
+}
+
+/// Why a request carries no identity; surfaced to policies as `input.identity_error`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityError {
+    /// No `Authorization: Bearer` header.
+    #[error("missing")]
+    Missing,
+    /// Not three base64url JSON segments.
+    #[error("malformed")]
+    Malformed,
+    /// `alg` is not RS256/ES256 (this includes `none` and every HS*), or not the key's.
+    #[error("unsupported_alg")]
+    UnsupportedAlgorithm,
+    /// No `kid`, or a `kid` the key set does not hold.
+    #[error("unknown_kid")]
+    UnknownKid,
+    /// The signature does not verify.
+    #[error("bad_signature")]
+    BadSignature,
+    /// `exp` is in the past (beyond the leeway).
+    #[error("expired")]
+    Expired,
+    /// `nbf` is in the future (beyond the leeway).
+    #[error("not_yet_valid")]
+    NotYetValid,
+    /// `iss` is not an accepted issuer.
+    #[error("wrong_issuer")]
+    WrongIssuer,
+    /// `aud` names none of the accepted audiences.
+    #[error("wrong_audience")]
+    WrongAudience,
+    /// `typ` is not the required token type (e.g. a refresh token).
+    #[error("wrong_type")]
+    WrongType,
+    /// A required claim (`exp`, `iss`, `aud`, `sub`) is absent or of the wrong type.
+    #[error("missing_claim")]
+    MissingClaim,
+    /// No key set has been loaded yet.
+    #[error("no_keys")]
+    NoKeys,
+}
+
+impl IdentityError {
+    /// The stable code policies and logs see.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::Malformed => "malformed",
+            Self::UnsupportedAlgorithm => "unsupported_alg",
+            Self::UnknownKid => "unknown_kid",
+            Self::BadSignature => "bad_signature",
+            Self::Expired => "expired",
+            Self::NotYetValid => "not_yet_valid",
+            Self::WrongIssuer => "wrong_issuer",
+            Self::WrongAudience => "wrong_audience",
+            Self::WrongType => "wrong_type",
+            Self::MissingClaim => "missing_claim",
+            Self::NoKeys => "no_keys",
+        }
+    }
+}
+
+/// Verifies bearer tokens against the current key set, with a bounded cache.
+pub struct TokenVerifier {
+    keys: ArcSwap<Option<KeySet>>,
+    cache: Cache<[u8; 32], Arc<Identity>>,
+    rs256: Validation,
+    es256: Validation,
+    leeway: u64,
+    required_typ: Option<String>,
+}
+
+impl TokenVerifier {
+    /// A verifier with no keys yet: every token is refused with `no_keys` until [`Self::set_keys`].
+    pub fn new(config: &JwtConfig) -> Self {
+        let validation = |alg| {
+            let mut v = Validation::new(alg);
+            v.leeway = config.leeway_secs;
+            v.validate_exp = true;
+            v.validate_nbf = true;
+            v.set_issuer(&config.issuers);
+            v.set_audience(&config.audiences);
+            v.set_required_spec_claims(&["exp", "iss", "aud"]);
+            v
+        };
+        let leeway = config.leeway_secs;
+        let cache = Cache::builder().max_capacity(config.cache_capacity).expire_after(UntilExpiry { leeway }).build();
+        Self {
+            keys: ArcSwap::from_pointee(None),
+            cache,
+            rs256: validation(Algorithm::RS256),
+            es256: validation(Algorithm::ES256),
+            leeway,
+            required_typ: Some(config.required_typ.clone()).filter(|t| !t.is_empty()),
+        }
+    }
+
+    /// Swaps in a new key set; cached tokens of keys that left stop being honoured at once.
+    pub fn set_keys(&self, keys: KeySet) {
+        self.keys.store(Arc::new(Some(keys)));
+        // Entries are re-checked against the live set on every hit; dropping them all just
+        // returns the memory now instead of at expiry.
+        self.cache.invalidate_all();
+    }
+
+    /// The current key set, if one was loaded.
+    pub fn keys(&self) -> arc_swap::Guard<Arc<Option<KeySet>>> {
+        self.keys.load()
+    }
+
+    /// Number of verified tokens in the cache (approximate).
+    pub fn cached_tokens(&self) -> u64 {
+        self.cache.entry_count()
+    }
+
+    /// Verifies the value of an `Authorization` header (or its absence).
+    pub fn verify_header(&self, authorization: Option<&str>) -> Result<Arc<Identity>, IdentityError> {
+        let token = authorization.and_then(bearer_token).ok_or(IdentityError::Missing)?;
+        self.verify(token)
+    }
+
+    /// Verifies a compact JWS.
+    pub fn verify(&self, token: &str) -> Result<Arc<Identity>, IdentityError> {
+        let keys = self.keys.load();
+        let keys = keys.as_ref().as_ref().ok_or(IdentityError::NoKeys)?;
+        let cache_key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(identity) = self.cache.get(&cache_key) {
+            let key_still_there = keys.get(&identity.key.kid).is_some_and(|k| Arc::ptr_eq(k, &identity.key));
+            if key_still_there && identity.expires_at + self.leeway > now_secs() {
+                return Ok(identity);
+            }
+            self.cache.invalidate(&cache_key);
+        }
+        let identity = Arc::new(self.verify_uncached(token, keys)?);
+        self.cache.insert(cache_key, identity.clone());
+        Ok(identity)
+    }
+
+    fn verify_uncached(&self, token: &str, keys: &KeySet) -> Result<Identity, IdentityError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| classify_bad_header(token))?;
+        if !matches!(header.alg, Algorithm::RS256 | Algorithm::ES256) {
+            return Err(IdentityError::UnsupportedAlgorithm);
+        }
+        let kid = header.kid.as_deref().ok_or(IdentityError::UnknownKid)?;
+        let key = keys.get(kid).ok_or(IdentityError::UnknownKid)?;
+        if key.alg != header.alg {
+            return Err(IdentityError::UnsupportedAlgorithm);
+        }
+        let validation = if key.alg == Algorithm::RS256 { &self.rs256 } else { &self.es256 };
+        let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, &key.decoding, validation)
+            .map_err(|e| classify(e.kind()))?;
+        let claims = data.claims;
+        if let Some(required) = &self.required_typ {
+            if claims.get("typ").and_then(|t| t.as_str()) != Some(required.as_str()) {
+                return Err(IdentityError::WrongType);
+            }
+        }
+        let subject = claims.get("sub").and_then(|s| s.as_str()).ok_or(IdentityError::MissingClaim)?.to_string();
+        let roles = match claims.get("roles") {
+            None => Vec::new(),
+            Some(serde_json::Value::Array(roles)) => roles
+                .iter()
+                .map(|r| r.as_str().map(str::to_string).ok_or(IdentityError::MissingClaim))
+                .collect::<Result<_, _>>()?,
+            Some(_) => return Err(IdentityError::MissingClaim),
+        };
+        let expires_at = claims.get("exp").and_then(|e| e.as_u64()).ok_or(IdentityError::MissingClaim)?;
+        Ok(Identity {
+            subject,
+            roles,
+            claims: serde_json::from_value(serde_json::Value::Object(claims)).map_err(|_| IdentityError::Malformed)?,
+            expires_at,
+            key: key.clone(),
+        })
+    }
+}
+
+/// Extracts the token from `Bearer <token>` (scheme case-insensitive, RFC 6750).
+fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, token) = header.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// A header jsonwebtoken refused: an algorithm it does not know (`none`) or plain garbage.
+fn classify_bad_header(token: &str) -> IdentityError {
+    let alg = token
+        .split('.')
+        .next()
+        .and_then(|h| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(h).ok())
+        .and_then(|h| serde_json::from_slice::<serde_json::Value>(&h).ok())
+        .and_then(|h| h.get("alg").cloned());
+    match alg {
+        Some(_) => IdentityError::UnsupportedAlgorithm,
+        None => IdentityError::Malformed,
+    }
+}
+
+fn classify(kind: &ErrorKind) -> IdentityError {
+    match kind {
+        ErrorKind::InvalidSignature => IdentityError::BadSignature,
+        ErrorKind::ExpiredSignature => IdentityError::Expired,
+        ErrorKind::ImmatureSignature => IdentityError::NotYetValid,
+        ErrorKind::InvalidIssuer => IdentityError::WrongIssuer,
+        ErrorKind::InvalidAudience => IdentityError::WrongAudience,
+        ErrorKind::MissingRequiredClaim(_) => IdentityError::MissingClaim,
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => IdentityError::UnsupportedAlgorithm,
+        ErrorKind::InvalidEcdsaKey | ErrorKind::InvalidRsaKey(_) | ErrorKind::InvalidKeyFormat => {
+            IdentityError::BadSignature
+        }
+        _ => IdentityError::Malformed,
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Cache entries live until the token's `exp` (plus leeway), never longer.
+struct UntilExpiry {
+    leeway: u64,
+}
+
+impl moka::Expiry<[u8; 32], Arc<Identity>> for UntilExpiry {
+    fn expire_after_create(&self, _key: &[u8; 32], identity: &Arc<Identity>, _now: Instant) -> Option<Duration> {
+        Some(Duration::from_secs((identity.expires_at + self.leeway).saturating_sub(now_secs())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_needs_a_token() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("Bearer "), None);
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearerabc"), None);
+    }
+
+    #[test]
+    fn alg_none_header_is_unsupported_alg_and_garbage_is_malformed() {
+        let none = format!(
+            "{}.{}.",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#),
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"sub":"x"}"#)
+        );
+        assert_eq!(classify_bad_header(&none), IdentityError::UnsupportedAlgorithm);
+        assert_eq!(classify_bad_header("not-a-token"), IdentityError::Malformed);
+    }
+}

@@ -1,0 +1,404 @@
+//! The Rego policy bundle: every `.rego` file and `data.json`/`data.yaml` document under a
+//! directory (OPA bundle layout: a data file in `a/b/` lands at `data.a.b`), parsed and
+//! prepared once, identified by a content hash (its revision), and evaluated per request on
+//! a per-thread copy of the engine so that worker threads never share a lock.
+
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use regorus::unstable::{Rule, RuleHead};
+use regorus::utils::limits::ExecutionTimerConfig;
+use regorus::{Engine, Value};
+use sha2::{Digest, Sha256};
+
+/// How a bundle is loaded and evaluated.
+#[derive(Debug, Clone)]
+pub struct BundleOptions {
+    /// The rule whose value is the decision, e.g. `data.qiria.authz.allow`; `None` for tools
+    /// that only run tests or queries.
+    pub decision_rule: Option<String>,
+    /// Parse with Rego v0 syntax.
+    pub rego_v0: bool,
+    /// Evaluation time limit; past it evaluation fails (and the request is denied).
+    pub eval_timeout: Duration,
+    /// Refuse the bundle unless all its `test_*` rules pass.
+    pub run_tests: bool,
+}
+
+/// Why a bundle was refused; the previous bundle keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// A file or directory could not be read.
+    #[error("reading {path}: {source}")]
+    Io {
+        /// What could not be read.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A `.rego` file does not parse.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The offending file.
+        path: PathBuf,
+        /// regorus' message, with line and column.
+        message: String,
+    },
+    /// A data document is not valid JSON/YAML or clashes with another.
+    #[error("{path}: {message}")]
+    Data {
+        /// The offending file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The directory holds no `.rego` file.
+    #[error("no .rego file under {0}")]
+    Empty(PathBuf),
+    /// The configured decision rule is not declared by any module.
+    #[error("decision rule `{0}` is not defined by the bundle")]
+    NoDecisionRule(String),
+    /// Evaluating the decision rule on a plain request failed.
+    #[error("evaluating `{rule}`: {message}")]
+    Compile {
+        /// The rule evaluated.
+        rule: String,
+        /// regorus' message.
+        message: String,
+    },
+    /// Some of the bundle's own tests failed.
+    #[error("{} policy test(s) failed: {}", .0.len(), .0.join(", "))]
+    TestsFailed(Vec<String>),
+    /// Evaluation failed at request time.
+    #[error("evaluation failed: {0}")]
+    Eval(String),
+}
+
+/// The outcome of one `test_*` rule.
+#[derive(Debug, Clone)]
+pub struct TestResult {
+    /// Full rule path, e.g. `data.qiria.authz_test.test_user_can_submit`.
+    pub name: String,
+    /// `None` when the rule is true; otherwise why it failed.
+    pub failure: Option<String>,
+}
+
+/// A parsed, prepared, tested set of policies and data.
+pub struct PolicyBundle {
+    id: u64,
+    revision: String,
+    engine: Engine,
+    decision_rule: Option<String>,
+    tests: Vec<String>,
+    files: usize,
+}
+
+impl std::fmt::Debug for PolicyBundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyBundle")
+            .field("revision", &self.revision)
+            .field("decision_rule", &self.decision_rule)
+            .field("files", &self.files)
+            .finish()
+    }
+}
+
+static NEXT_BUNDLE_ID: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// This thread's copy of the last bundle it evaluated, by bundle id. Cloning an engine
+    /// shares the parsed modules; keeping the clone avoids paying for it on every request.
+    static THREAD_ENGINE: RefCell<Option<(u64, Engine)>> = const { RefCell::new(None) };
+}
+
+impl PolicyBundle {
+    /// Loads, prepares and (if asked) tests every policy and data file under `dir`.
+    pub fn load_dir(dir: &Path, options: &BundleOptions) -> Result<Self, PolicyError> {
+        let mut rego = Vec::new();
+        let mut data = Vec::new();
+        collect_files(dir, &mut rego, &mut data)?;
+        rego.sort();
+        data.sort();
+        let read = |path: &PathBuf| {
+            std::fs::read_to_string(path).map_err(|source| PolicyError::Io { path: path.clone(), source })
+        };
+        let rego = rego.iter().map(|p| Ok((p.clone(), read(p)?))).collect::<Result<Vec<_>, PolicyError>>()?;
+        let data = data
+            .iter()
+            .map(|p| {
+                let prefix = p.parent().and_then(|d| d.strip_prefix(dir).ok()).unwrap_or(Path::new(""));
+                let prefix = prefix.iter().filter_map(|c| c.to_str()).map(str::to_string).collect();
+                Ok((p.clone(), prefix, read(p)?))
+            })
+            .collect::<Result<Vec<_>, PolicyError>>()?;
+        if rego.is_empty() {
+            return Err(PolicyError::Empty(dir.to_path_buf()));
+        }
+        Self::from_sources(dir, rego, data, options)
+    }
+
+    /// Builds a bundle from policy texts and data texts (`(path, data prefix, text)`).
+    pub fn from_sources(
+        root: &Path,
+        rego: Vec<(PathBuf, String)>,
+        data: Vec<(PathBuf, Vec<String>, String)>,
+        options: &BundleOptions,
+    ) -> Result<Self, PolicyError> {
+        let mut hasher = Sha256::new();
+        let mut engine = Engine::new();
+        engine.set_rego_v0(options.rego_v0);
+        // Builtin errors (bad arguments, division by zero) become evaluation errors and so
+        // denials, instead of silently undefined values.
+        engine.set_strict_builtin_errors(true);
+        engine.set_execution_timer_config(ExecutionTimerConfig {
+            limit: options.eval_timeout,
+            check_interval: NonZeroU32::MIN,
+        });
+        let files = rego.len() + data.len();
+        for (path, text) in rego {
+            hash_file(&mut hasher, root, &path, &text);
+            let name = path.strip_prefix(root).unwrap_or(&path).display().to_string();
+            engine
+                .add_policy(name, text)
+                .map_err(|e| PolicyError::Parse { path: path.clone(), message: e.to_string() })?;
+        }
+        for (path, prefix, text) in data {
+            hash_file(&mut hasher, root, &path, &text);
+            let bad = |message: String| PolicyError::Data { path: path.clone(), message };
+            let mut value = if path.extension().is_some_and(|e| e == "json") {
+                Value::from_json_str(&text).map_err(|e| bad(e.to_string()))?
+            } else {
+                Value::from_yaml_str(&text).map_err(|e| bad(e.to_string()))?
+            };
+            for segment in prefix.iter().rev() {
+                let mut wrapper = std::collections::BTreeMap::new();
+                wrapper.insert(Value::from(segment.as_str()), value);
+                value = Value::from(wrapper);
+            }
+            engine.add_data(value).map_err(|e| bad(e.to_string()))?;
+        }
+        let (rules, tests) = declared_rules(&mut engine);
+        if let Some(rule) = &options.decision_rule {
+            if !rules.contains(rule) {
+                return Err(PolicyError::NoDecisionRule(rule.clone()));
+            }
+            // Evaluating once prepares the engine (so clones start prepared) and surfaces
+            // errors that only show at evaluation time.
+            engine.set_input(probe_input());
+            engine
+                .eval_rule(rule.clone())
+                .map_err(|e| PolicyError::Compile { rule: rule.clone(), message: e.to_string() })?;
+        }
+        let bundle = Self {
+            id: NEXT_BUNDLE_ID.fetch_add(1, Ordering::Relaxed),
+            revision: hex::encode(&hasher.finalize()[..8]),
+            engine,
+            decision_rule: options.decision_rule.clone(),
+            tests,
+            files,
+        };
+        if options.run_tests {
+            let failed: Vec<String> = bundle
+                .run_tests()
+                .into_iter()
+                .filter_map(|t| t.failure.map(|why| format!("{} ({why})", t.name)))
+                .collect();
+            if !failed.is_empty() {
+                return Err(PolicyError::TestsFailed(failed));
+            }
+        }
+        Ok(bundle)
+    }
+
+    /// The content hash of the bundle's files.
+    pub fn revision(&self) -> &str {
+        &self.revision
+    }
+
+    /// The rule that decides, if the bundle was loaded with one.
+    pub fn decision_rule(&self) -> Option<&str> {
+        self.decision_rule.as_deref()
+    }
+
+    /// Number of files in the bundle.
+    pub fn files(&self) -> usize {
+        self.files
+    }
+
+    /// Evaluates the decision rule for `input` on this thread's engine.
+    pub fn evaluate(&self, input: Value) -> Result<Value, PolicyError> {
+        let rule = self.decision_rule.as_ref().ok_or_else(|| PolicyError::Eval("no decision rule".into()))?;
+        THREAD_ENGINE.with(|slot| {
+            let mut slot = slot.try_borrow_mut().map_err(|e| PolicyError::Eval(e.to_string()))?;
+            let engine = match &mut *slot {
+                Some((id, engine)) if *id == self.id => engine,
+                other => &mut other.insert((self.id, self.engine.clone())).1,
+            };
+            engine.set_input(input);
+            engine.eval_rule(rule.clone()).map_err(|e| PolicyError::Eval(e.to_string()))
+        })
+    }
+
+    /// Evaluates any query against `input` on a fresh clone (for tools, not the hot path).
+    pub fn query(&self, input: Value, query: &str) -> Result<Value, PolicyError> {
+        let mut engine = self.engine.clone();
+        engine.set_input(input);
+        let results = engine.eval_query(query.to_string(), false).map_err(|e| PolicyError::Eval(e.to_string()))?;
+        Ok(results
+            .result
+            .into_iter()
+            .next()
+            .and_then(|r| r.expressions.into_iter().next())
+            .map(|e| e.value)
+            .unwrap_or(Value::Undefined))
+    }
+
+    /// Runs every `test_*` rule, OPA style: a test passes when its value is `true`.
+    pub fn run_tests(&self) -> Vec<TestResult> {
+        self.tests
+            .iter()
+            .map(|name| {
+                let mut engine = self.engine.clone();
+                let failure = match engine.eval_rule(name.clone()) {
+                    Ok(Value::Bool(true)) => None,
+                    Ok(Value::Undefined) => Some("undefined".to_string()),
+                    Ok(other) => Some(format!("value {other}")),
+                    Err(e) => Some(format!("error: {e}")),
+                };
+                TestResult { name: name.clone(), failure }
+            })
+            .collect()
+    }
+}
+
+/// A bare `GET /` with no identity: enough to make every rule's evaluation path compile.
+fn probe_input() -> Value {
+    Value::from_json_str(
+        r#"{"attributes":{"request":{"http":{"method":"GET","path":"/","headers":{}}}},
+            "parsed_path":[""],"parsed_query":{},"truncated_body":false,"identity_error":"missing"}"#,
+    )
+    .unwrap_or(Value::Undefined)
+}
+
+/// Every rule path the modules declare, and those among them that are tests (`test_*`).
+fn declared_rules(engine: &mut Engine) -> (BTreeSet<String>, Vec<String>) {
+    let mut rules = BTreeSet::new();
+    for module in engine.get_modules() {
+        let package = module.package.refr.span().text().to_string();
+        for rule in &module.policy {
+            let head = match rule.as_ref() {
+                Rule::Spec { head: RuleHead::Compr { refr, .. } | RuleHead::Set { refr, .. }, .. } => refr,
+                Rule::Default { refr, .. } => refr,
+                _ => continue,
+            };
+            let name = head.span().text();
+            let name = name.split(['[', '.']).next().unwrap_or(name);
+            rules.insert(format!("data.{package}.{name}"));
+        }
+    }
+    let tests =
+        rules.iter().filter(|r| r.rsplit('.').next().is_some_and(|n| n.starts_with("test_"))).cloned().collect();
+    (rules, tests)
+}
+
+fn hash_file(hasher: &mut Sha256, root: &Path, path: &Path, text: &str) {
+    hasher.update(path.strip_prefix(root).unwrap_or(path).as_os_str().as_encoded_bytes());
+    hasher.update([0]);
+    hasher.update(text.as_bytes());
+    hasher.update([0]);
+}
+
+fn collect_files(dir: &Path, rego: &mut Vec<PathBuf>, data: &mut Vec<PathBuf>) -> Result<(), PolicyError> {
+    let io = |source| PolicyError::Io { path: dir.to_path_buf(), source };
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let path = entry.map_err(io)?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
+        if name.starts_with('.') {
+            continue;
+        }
+        if path.is_dir() {
+            collect_files(&path, rego, data)?;
+        } else if name.ends_with(".rego") {
+            rego.push(path);
+        } else if matches!(name, "data.json" | "data.yaml" | "data.yml") {
+            data.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// A content fingerprint of the policy directory, cheap enough to poll.
+pub fn dir_fingerprint(dir: &Path) -> Result<String, PolicyError> {
+    let (mut rego, mut data) = (Vec::new(), Vec::new());
+    collect_files(dir, &mut rego, &mut data)?;
+    rego.append(&mut data);
+    rego.sort();
+    let mut hasher = Sha256::new();
+    for path in rego {
+        let text = std::fs::read(&path).map_err(|source| PolicyError::Io { path: path.clone(), source })?;
+        hasher.update(path.as_os_str().as_encoded_bytes());
+        hasher.update([0]);
+        hasher.update(&text);
+    }
+    Ok(hex::encode(&hasher.finalize()[..8]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options() -> BundleOptions {
+        BundleOptions {
+            decision_rule: Some("data.t.allow".into()),
+            rego_v0: false,
+            eval_timeout: Duration::from_millis(100),
+            run_tests: true,
+        }
+    }
+
+    fn bundle(rego: &str) -> Result<PolicyBundle, PolicyError> {
+        PolicyBundle::from_sources(Path::new("/p"), vec![(PathBuf::from("/p/t.rego"), rego.into())], vec![], &options())
+    }
+
+    #[test]
+    fn evaluates_and_runs_its_own_tests() {
+        let b = bundle(
+            "package t\ndefault allow := false\nallow if input.ok\ntest_ok if allow with input as {\"ok\": true}\n",
+        )
+        .unwrap();
+        assert_eq!(b.evaluate(Value::from_json_str(r#"{"ok":true}"#).unwrap()).unwrap(), Value::Bool(true));
+        assert_eq!(b.evaluate(Value::from_json_str(r#"{}"#).unwrap()).unwrap(), Value::Bool(false));
+        assert_eq!(b.run_tests().len(), 1);
+    }
+
+    #[test]
+    fn failing_test_parse_error_and_missing_rule_are_refused() {
+        let failing = bundle("package t\ndefault allow := false\ntest_bad if allow\n").unwrap_err();
+        assert!(matches!(failing, PolicyError::TestsFailed(ref t) if t[0].contains("data.t.test_bad")), "{failing}");
+        assert!(matches!(bundle("package t\nallow if {").unwrap_err(), PolicyError::Parse { .. }));
+        assert!(matches!(bundle("package t\ndeny := true\n").unwrap_err(), PolicyError::NoDecisionRule(_)));
+    }
+
+    #[test]
+    fn data_files_land_under_their_directory() {
+        let b = PolicyBundle::from_sources(
+            Path::new("/p"),
+            vec![(PathBuf::from("/p/t.rego"), "package t\nallow := data.x.y.v == 1\n".into())],
+            vec![(PathBuf::from("/p/x/y/data.json"), vec!["x".into(), "y".into()], r#"{"v":1}"#.into())],
+            &options(),
+        )
+        .unwrap();
+        assert_eq!(b.evaluate(Value::new_object()).unwrap(), Value::Bool(true));
+    }
+
+    #[test]
+    fn revision_changes_with_content() {
+        let a = bundle("package t\nallow := true\n").unwrap();
+        let b = bundle("package t\nallow := false\n").unwrap();
+        assert_ne!(a.revision(), b.revision());
+    }
+}

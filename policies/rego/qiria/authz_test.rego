@@ -1,0 +1,78 @@
+package qiria.authz_test
+
+import data.qiria.authz
+import rego.v1
+
+# A request as Envoy presents it, with the verified identity authz adds.
+req(method, path, roles) := {
+	"attributes": {"request": {"http": {"method": method, "path": path}}},
+	"parsed_path": split(trim_prefix(path, "/"), "/"),
+	"identity": {"sub": "alice", "roles": roles},
+}
+
+anonymous(method, path) := {
+	"attributes": {"request": {"http": {"method": method, "path": path}}},
+	"parsed_path": split(trim_prefix(path, "/"), "/"),
+	"identity_error": "missing",
+}
+
+test_user_submits_scripts_over_grpc_and_rest if {
+	authz.allow with input as req("POST", "/qiria.jobs.v1.JobService/SubmitScript", ["User"])
+	authz.allow with input as req("POST", "/v1/jobs/scripts", ["User"])
+}
+
+test_user_reads_own_jobs_but_not_all if {
+	authz.allow with input as req("GET", "/v1/jobs/42", ["User"])
+	not authz.allow with input as req("GET", "/v1/admin/jobs", ["User"])
+	not authz.allow with input as req("POST", "/qiria.jobs.v1.JobService/ListAllJobs", ["User"])
+}
+
+test_user_cannot_manage_users_rotate_keys_or_read_audit if {
+	not authz.allow with input as req("POST", "/v1/admin/users", ["User"])
+	not authz.allow with input as req("POST", "/v1/admin/keys/rotate", ["User"])
+	not authz.allow with input as req("GET", "/v1/audit/events", ["User"])
+}
+
+test_auditor_reads_but_never_writes if {
+	authz.allow with input as req("GET", "/v1/audit/events", ["Auditor"])
+	authz.allow with input as req("GET", "/v1/admin/jobs", ["Auditor"])
+	not authz.allow with input as req("POST", "/v1/jobs/scripts", ["Auditor"])
+	not authz.allow with input as req("POST", "/v1/flows/prod/nightly/executions", ["Auditor"])
+}
+
+test_admin_manages_users_and_keys if {
+	authz.allow with input as req("PUT", "/v1/admin/users/bob/roles", ["Admin"])
+	authz.allow with input as req("POST", "/qiria.admin.v1.KeyService/RotateKeys", ["Admin"])
+}
+
+test_patterns_match_exactly_one_segment if {
+	authz.allow with input as req("POST", "/v1/flows/prod/nightly/executions", ["User"])
+	not authz.allow with input as req("POST", "/v1/flows/prod/executions", ["User"])
+	not authz.allow with input as req("GET", "/v1/jobs/42/logs", ["User"])
+}
+
+test_default_deny if {
+	not authz.allow with input as req("GET", "/v1/unknown", ["Admin"])
+	not authz.allow with input as req("PATCH", "/v1/jobs/42", ["Admin"])
+	not authz.allow with input as req("GET", "/v1/jobs", [])
+	not authz.allow with input as req("GET", "/v1/jobs", ["Superuser"])
+}
+
+test_no_identity_only_reaches_public_operations if {
+	authz.allow with input as anonymous("POST", "/v1/auth/token")
+	authz.allow with input as anonymous("GET", "/.well-known/jwks.json")
+	not authz.allow with input as anonymous("GET", "/v1/jobs")
+}
+
+test_every_role_permission_is_known if {
+	known := {p | some _, routes in data.qiria.rbac.operations; some p in routes}
+	every _, permissions in data.qiria.rbac.roles {
+		every p in permissions {
+			p in known
+		}
+	}
+}
+
+test_reason_explains_denials if {
+	authz.reason == "roles [\"Auditor\"] lack permission {\"jobs:submit-script\"}" with input as req("POST", "/v1/jobs/scripts", ["Auditor"])
+}
