@@ -1,1 +1,47 @@
+//! Helpers shared by Qiria's integration tests: real processes (Envoy, our binaries) on
+//! loopback ports, an echo upstream that shows what got through, and signing keys to mint
+//! tokens with. Every process is killed when its handle drops.
 
+pub mod authz;
+pub mod call;
+pub mod envoy;
+pub mod process;
+pub mod tokens;
+pub mod upstream;
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// The workspace root (where `envoy/`, `policies/` and `.venv/` live).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(PathBuf::from).unwrap_or_default()
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("no free loopback port")
+}
+
+/// Polls `probe` every 50 ms until it returns true or `timeout` passes.
+pub async fn wait_until<F, Fut>(timeout: Duration, mut probe: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if probe().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// An HTTP/1.1 client and an h2c (prior knowledge) client, neither following redirects.
+pub fn clients() -> (reqwest::Client, reqwest::Client) {
+    let base =
+        || reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).timeout(Duration::from_secs(10));
+    (base().http1_only().build().expect("http1 client"), base().http2_prior_knowledge().build().expect("h2c client"))
+}

@@ -1,0 +1,166 @@
+//! The real `authz` binary as a process, and a whole stack (keys, policies, authz, echo
+//! upstream, Envoy) for tests that go through Envoy.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::envoy::Envoy;
+use crate::process::Process;
+use crate::tokens::{SigningKey, AUDIENCE, ISSUER};
+use crate::upstream::EchoUpstream;
+use crate::{free_port, wait_until, workspace_root};
+
+/// A running authz process.
+pub struct Authz {
+    /// ext_authz gRPC port.
+    pub grpc_port: u16,
+    /// Admin HTTP port (`/health`, `/metrics`).
+    pub admin_port: u16,
+    bin: PathBuf,
+    args: Vec<String>,
+    log: PathBuf,
+    process: Option<Process>,
+}
+
+impl Authz {
+    /// Starts `bin serve` on free ports with the test issuer and audience, plus `extra` flags,
+    /// and waits until `/health` says it serves.
+    pub async fn start(bin: &Path, policy_dir: &Path, keys_dir: &Path, log_dir: &Path, extra: &[&str]) -> Self {
+        let (grpc_port, admin_port) = (free_port(), free_port());
+        let mut args: Vec<String> = vec![
+            "serve".into(),
+            "--grpc-addr".into(),
+            format!("127.0.0.1:{grpc_port}"),
+            "--admin-addr".into(),
+            format!("127.0.0.1:{admin_port}"),
+            "--policy-dir".into(),
+            policy_dir.display().to_string(),
+            "--keys-dir".into(),
+            keys_dir.display().to_string(),
+            "--issuer".into(),
+            ISSUER.into(),
+            "--audience".into(),
+            AUDIENCE.into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut authz =
+            Self { grpc_port, admin_port, bin: bin.into(), args, log: log_dir.join("authz.log"), process: None };
+        authz.restart().await;
+        authz
+    }
+
+    /// Starts the process again on the same ports (after [`Self::stop`]).
+    pub async fn restart(&mut self) {
+        self.stop();
+        let process = Process::spawn("authz", &self.bin, &self.args, &self.log).expect("start authz");
+        self.process = Some(process);
+        let url = format!("http://127.0.0.1:{}/health", self.admin_port);
+        let ready = wait_until(Duration::from_secs(30), || {
+            let url = url.clone();
+            async move { reqwest::get(url).await.is_ok_and(|r| r.status().is_success()) }
+        })
+        .await;
+        if !ready {
+            self.process.as_ref().map(|p| p.fail("did not become healthy"));
+        }
+    }
+
+    /// Kills the process.
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.stop();
+        }
+    }
+
+    /// The `/health` document.
+    pub async fn health(&self) -> serde_json::Value {
+        let url = format!("http://127.0.0.1:{}/health", self.admin_port);
+        match reqwest::get(url).await {
+            Ok(r) => r.json().await.unwrap_or_default(),
+            Err(_) => serde_json::Value::Null,
+        }
+    }
+
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let url = format!("http://127.0.0.1:{}/metrics", self.admin_port);
+        match reqwest::get(url).await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
+    /// Everything authz logged.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Keys, a private copy of a policy directory, authz, an echo upstream and Envoy in front.
+pub struct Stack {
+    /// The signing key whose public half is in `keys_dir` from the start.
+    pub key: SigningKey,
+    /// Verification key directory (a stand-in for the mounted secret).
+    pub keys_dir: PathBuf,
+    /// Policy directory authz watches (a copy; tests may edit it).
+    pub policy_dir: PathBuf,
+    /// The authz process.
+    pub authz: Authz,
+    /// The upstream behind Envoy.
+    pub upstream: EchoUpstream,
+    /// Envoy.
+    pub envoy: Envoy,
+    _dir: tempfile::TempDir,
+}
+
+impl Stack {
+    /// The shipped policy (`policies/rego`) behind a real Envoy.
+    pub async fn start(authz_bin: &str) -> Self {
+        Self::with_policy(authz_bin, &workspace_root().join("policies/rego"), &[]).await
+    }
+
+    /// Any policy directory, with extra authz flags.
+    pub async fn with_policy(authz_bin: &str, policy_src: &Path, extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let keys_dir = dir.path().join("keys");
+        let policy_dir = dir.path().join("policy");
+        std::fs::create_dir_all(&keys_dir).expect("keys dir");
+        copy_dir(policy_src, &policy_dir);
+        let key = SigningKey::rsa("test-rsa-1");
+        key.write_public(&keys_dir);
+        let authz = Authz::start(Path::new(authz_bin), &policy_dir, &keys_dir, dir.path(), extra).await;
+        let upstream = EchoUpstream::start().await;
+        let envoy = Envoy::start(authz.grpc_port, upstream.port).await;
+        Self { key, keys_dir, policy_dir, authz, upstream, envoy, _dir: dir }
+    }
+
+    /// Sends a request through Envoy.
+    pub async fn send(
+        &self,
+        protocol: crate::call::Protocol,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> crate::call::Reply {
+        crate::call::send(&self.envoy.url(""), protocol, method, path, token, headers).await
+    }
+
+    /// A valid bearer token for `sub` with `roles`, signed by [`Self::key`].
+    pub fn token(&self, sub: &str, roles: &[&str]) -> String {
+        self.key.sign(&crate::tokens::claims(sub, roles))
+    }
+}
+
+/// Copies a directory tree.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create dir");
+    for entry in std::fs::read_dir(from).expect("read dir").flatten() {
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy file");
+        }
+    }
+}

