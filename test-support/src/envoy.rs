@@ -68,6 +68,9 @@ impl Envoy {
             "--concurrency",
             "1",
             "--disable-hot-restart",
+            // Tests read the access log; Envoy's default is to flush it every 10 s.
+            "--file-flush-interval-msec",
+            "100",
             "--log-level",
             "warn",
         ]

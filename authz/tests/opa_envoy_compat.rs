@@ -1,0 +1,43 @@
+//! A policy written for OPA-Envoy (its input document, its result object, Rego v0) runs
+//! unchanged behind authz and a real Envoy, with the decisions and response changes it
+//! would have there.
+
+use std::path::Path;
+
+use qiria_test_support::authz::Stack;
+use qiria_test_support::call::Protocol::Http1;
+
+const AUTHZ: &str = env!("CARGO_BIN_EXE_authz");
+
+#[tokio::test]
+async fn opa_envoy_policy_decides_the_same_here() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/opa-envoy");
+    let stack = Stack::with_policy(AUTHZ, &fixture, &["--rego-v0", "--decision-rule", "data.envoy.authz.allow"]).await;
+
+    // Allowed, with the policy's header changes applied both ways.
+    let reply = stack.send(Http1, "GET", "/people?lang=en", None, &[("x-internal", "secret")]).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.upstream_header("x-ext-auth-allow"), vec!["yes".to_string()]);
+    assert!(reply.upstream_header("x-internal").is_empty(), "request_headers_to_remove ignored");
+    assert_eq!(reply.headers.get("x-served-by").unwrap(), "opa-policy");
+
+    // `parsed_path` works on Envoy's normalised path: /people/../admin is /admin.
+    let reply = stack.send(Http1, "GET", "/people/../admin", None, &[]).await;
+    assert_eq!(reply.status, 403);
+    assert_eq!(reply.body, r#"{"reason":"not allowed"}"#);
+    assert_eq!(reply.headers.get("x-ext-auth-allow").unwrap(), "no");
+
+    // `parsed_body` from a JSON body.
+    let json = [("content-type", "application/json")];
+    let client = reqwest::Client::new();
+    let post =
+        |body: &'static str| client.post(stack.envoy.url("/people")).header(json[0].0, json[0].1).body(body).send();
+    assert_eq!(post(r#"{"firstname":"Ada"}"#).await.unwrap().status(), 200);
+    assert_eq!(post(r#"{"firstname":""}"#).await.unwrap().status(), 403);
+    assert_eq!(post("{not json").await.unwrap().status(), 403, "an unparsable body gives no parsed_body");
+
+    // A policy-chosen status and body.
+    let reply = stack.send(Http1, "GET", "/people?slow=1", None, &[]).await;
+    assert_eq!(reply.status, 429);
+    assert_eq!(reply.body, "slow down");
+}
