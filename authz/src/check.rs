@@ -77,6 +77,7 @@ pub struct Authorizer {
     policy: Arc<ArcSwapOption<PolicyBundle>>,
     metrics: Arc<Metrics>,
     log_decisions: bool,
+    forward_token: bool,
 }
 
 impl Authorizer {
@@ -85,9 +86,9 @@ impl Authorizer {
         verifier: Arc<TokenVerifier>,
         policy: Arc<ArcSwapOption<PolicyBundle>>,
         metrics: Arc<Metrics>,
-        log_decisions: bool,
+        config: &crate::config::Config,
     ) -> Self {
-        Self { verifier, policy, metrics, log_decisions }
+        Self { verifier, policy, metrics, log_decisions: config.log.decisions, forward_token: config.jwt.forward_token }
     }
 
     /// Decides one request. Never fails: every error is a denial.
@@ -106,9 +107,9 @@ impl Authorizer {
         });
         let (mut response, status) = match (evaluated, &identity) {
             (Ok(decision), Ok(identity)) if decision.allowed => {
-                allow(&decision, Some((&identity.subject, &identity.roles)), &decision_id)
+                allow(&decision, Some((&identity.subject, &identity.roles)), self.forward_token, &decision_id)
             }
-            (Ok(decision), Err(_)) if decision.allowed => allow(&decision, None, &decision_id),
+            (Ok(decision), Err(_)) if decision.allowed => allow(&decision, None, self.forward_token, &decision_id),
             (Ok(decision), Err(reason)) => deny(&Denial::Unauthenticated(reason.clone()), &decision, &decision_id),
             (Ok(decision), Ok(_)) => deny(&Denial::Forbidden, &decision, &decision_id),
             (Err(denial), _) => {
@@ -145,7 +146,12 @@ impl Authorizer {
     }
 }
 
-fn allow(decision: &Decision, identity: Option<(&str, &[String])>, decision_id: &str) -> (CheckResponse, u16) {
+fn allow(
+    decision: &Decision,
+    identity: Option<(&str, &[String])>,
+    forward_token: bool,
+    decision_id: &str,
+) -> (CheckResponse, u16) {
     let reserved =
         |name: &str| [SUBJECT_HEADER, ROLES_HEADER, DECISION_ID_HEADER].iter().any(|r| name.eq_ignore_ascii_case(r));
     let mut headers: Vec<HeaderValueOption> =
@@ -167,6 +173,9 @@ fn allow(decision: &Decision, identity: Option<(&str, &[String])>, decision_id: 
         None => to_remove.extend([SUBJECT_HEADER.to_string(), ROLES_HEADER.to_string()]),
     }
     headers.push(header(DECISION_ID_HEADER, decision_id));
+    if !forward_token {
+        to_remove.push("authorization".to_string());
+    }
     let ok = OkHttpResponse {
         headers,
         headers_to_remove: to_remove,

@@ -79,6 +79,9 @@ pub struct JwtConfig {
     pub cache_capacity: u64,
     /// How often the key directory is re-read in case a change notification was missed (ms).
     pub poll_interval_ms: u64,
+    /// Forward the `Authorization` header upstream on allowed requests. Off by default: the
+    /// upstream gets the verified identity in `x-qiria-*` headers and never sees the token.
+    pub forward_token: bool,
 }
 
 /// Log format and level.
@@ -138,6 +141,7 @@ impl Default for JwtConfig {
             required_typ: "access".into(),
             cache_capacity: 100_000,
             poll_interval_ms: 2_000,
+            forward_token: false,
         }
     }
 }

@@ -215,7 +215,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         Service::reload_policy,
     )?;
 
-    let authorizer = Arc::new(Authorizer::new(verifier.clone(), policy, metrics.clone(), config.log.decisions));
+    let authorizer = Arc::new(Authorizer::new(verifier.clone(), policy, metrics.clone(), &config));
     let grpc_listener = TcpListener::bind(config.server.grpc_addr).await?;
     let admin_listener = TcpListener::bind(config.server.admin_addr).await?;
     info!(grpc = %grpc_listener.local_addr()?, admin = %admin_listener.local_addr()?, "authz listening");

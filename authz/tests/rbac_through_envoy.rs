@@ -89,7 +89,8 @@ async fn verified_identity_reaches_upstream_and_forged_headers_never_do() {
     assert!(public.upstream_header("x-qiria-roles").is_empty(), "{:?}", public.echo);
     assert!(public.upstream_header("x-qiria-subject").is_empty(), "{:?}", public.echo);
 
-    // The bearer token itself still reaches the upstream only on allowed requests.
+    // The bearer token itself is consumed by authz, not forwarded.
+    assert!(allowed.upstream_header("authorization").is_empty(), "{:?}", allowed.echo);
     let log = stack.envoy.access_log();
     assert!(log.iter().all(|l| l["decision_id"].as_str().is_some_and(|d| d.len() == 36)), "{log:?}");
 }

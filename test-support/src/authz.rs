@@ -61,7 +61,9 @@ impl Authz {
         })
         .await;
         if !ready {
-            self.process.as_ref().map(|p| p.fail("did not become healthy"));
+            if let Some(p) = self.process.as_ref() {
+                p.fail("did not become healthy")
+            }
         }
     }
 

@@ -31,7 +31,12 @@ pub struct Echo {
 impl EchoUpstream {
     /// Starts it on a free port.
     pub async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        Self::start_on(0).await
+    }
+
+    /// Starts it on `port` (0: any free one).
+    pub async fn start_on(port: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind upstream");
         let port = listener.local_addr().expect("addr").port();
         let app = axum::Router::new().fallback(echo);
         let task = tokio::spawn(async move {
