@@ -26,6 +26,13 @@ impl Authz {
     /// Starts `bin serve` on free ports with the test issuer and audience, plus `extra` flags,
     /// and waits until `/health` says it serves.
     pub async fn start(bin: &Path, policy_dir: &Path, keys_dir: &Path, log_dir: &Path, extra: &[&str]) -> Self {
+        let mut authz = Self::spawn(bin, policy_dir, keys_dir, log_dir, extra);
+        authz.wait_healthy().await;
+        authz
+    }
+
+    /// Like [`Self::start`] without waiting: for tests of a service that is not ready yet.
+    pub fn spawn(bin: &Path, policy_dir: &Path, keys_dir: &Path, log_dir: &Path, extra: &[&str]) -> Self {
         let (grpc_port, admin_port) = (free_port(), free_port());
         let mut args: Vec<String> = vec![
             "serve".into(),
@@ -45,15 +52,23 @@ impl Authz {
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut authz =
             Self { grpc_port, admin_port, bin: bin.into(), args, log: log_dir.join("authz.log"), process: None };
-        authz.restart().await;
+        authz.launch();
         authz
     }
 
-    /// Starts the process again on the same ports (after [`Self::stop`]).
-    pub async fn restart(&mut self) {
+    fn launch(&mut self) {
         self.stop();
-        let process = Process::spawn("authz", &self.bin, &self.args, &self.log).expect("start authz");
-        self.process = Some(process);
+        self.process = Some(Process::spawn("authz", &self.bin, &self.args, &self.log).expect("start authz"));
+    }
+
+    /// Starts the process again on the same ports (after [`Self::stop`]) and waits for it.
+    pub async fn restart(&mut self) {
+        self.launch();
+        self.wait_healthy().await;
+    }
+
+    /// Waits until `/health` answers 200; panics with the log otherwise.
+    pub async fn wait_healthy(&mut self) {
         let url = format!("http://127.0.0.1:{}/health", self.admin_port);
         let ready = wait_until(Duration::from_secs(30), || {
             let url = url.clone();

@@ -6,6 +6,7 @@ pub mod authz;
 pub mod call;
 pub mod envoy;
 pub mod process;
+pub mod tls;
 pub mod tokens;
 pub mod upstream;
 

@@ -1,0 +1,117 @@
+//! The `authz` command line as security teams and operators use it.
+
+use std::process::Command;
+
+use qiria_test_support::workspace_root;
+
+const AUTHZ: &str = env!("CARGO_BIN_EXE_authz");
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(AUTHZ).args(args).current_dir(workspace_root()).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn help_explains_every_serve_option() {
+    let (code, help, _) = run(&["serve", "--help"]);
+    assert_eq!(code, 0);
+    for flag in [
+        "--config",
+        "--grpc-addr",
+        "--admin-addr",
+        "--tls-cert",
+        "--tls-key",
+        "--tls-client-ca",
+        "--policy-dir",
+        "--decision-rule",
+        "--rego-v0",
+        "--keys-dir",
+        "--issuer",
+        "--audience",
+        "--leeway-secs",
+        "--log-format",
+        "--log-level",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from help:\n{help}");
+    }
+}
+
+#[test]
+fn policy_test_passes_on_the_shipped_policy_and_fails_on_a_broken_one() {
+    let (code, out, err) = run(&["policy", "test", "policies/rego"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("PASS data.qiria.authz_test.test_default_deny"), "{out}");
+    assert!(out.contains(" passed, 0 failed"), "{out}");
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("p.rego"), "package p\nallow := false\ntest_allows if allow\ntest_ok if true\n")
+        .unwrap();
+    let (code, out, _) = run(&["policy", "test", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("FAIL data.p.test_allows"), "{out}");
+    assert!(out.contains("PASS data.p.test_ok"), "{out}");
+}
+
+#[test]
+fn policy_eval_prints_the_decision_and_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("input.json");
+    std::fs::write(
+        &input,
+        r#"{"attributes":{"request":{"http":{"method":"POST","path":"/v1/jobs/scripts"}}},
+            "parsed_path":["v1","jobs","scripts"],"identity":{"sub":"eve","roles":["Auditor"]}}"#,
+    )
+    .unwrap();
+    let (code, out, err) = run(&["policy", "eval", "--input", input.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let out: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(out["decision"]["allowed"], false);
+    assert_eq!(out["why"]["required_permissions"], serde_json::json!(["jobs:submit-script"]));
+    assert!(out["why"]["reason"].as_str().unwrap().contains("lack permission"), "{out}");
+    assert!(out["why"].get("test_default_deny").is_none());
+}
+
+#[test]
+fn bad_configuration_is_refused_with_the_field_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("authz.toml");
+    std::fs::write(&config, "[jwt]\nleway_secs = 5\n").unwrap();
+    let (code, _, err) = run(&["serve", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("leway_secs"), "{err}");
+
+    let (code, _, err) = run(&["serve", "--leeway-secs", "600"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("jwt.leeway_secs"), "{err}");
+}
+
+#[test]
+fn keys_generate_writes_the_secret_layout_and_minted_tokens_use_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let (code, kid, err) = run(&["keys", "generate", "--dir", d, "--kid", "k1", "--alg", "es256"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(kid.trim(), "k1");
+    let private = dir.path().join("private/k1.pem");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&private).unwrap().permissions().mode() & 0o777, 0o600);
+    let keys = authz::keys::KeySet::load_dir(&dir.path().join("public")).unwrap();
+    assert_eq!(keys.kids().collect::<Vec<_>>(), vec!["k1"]);
+    // Refuses to overwrite.
+    let (code, _, err) = run(&["keys", "generate", "--dir", d, "--kid", "k1"]);
+    assert_eq!(code, 2, "{err}");
+
+    let (code, token, err) =
+        run(&["token", "mint", "--key", private.to_str().unwrap(), "--sub", "ada", "--roles", "User,Auditor"]);
+    assert_eq!(code, 0, "{err}");
+    let config = authz::config::JwtConfig::default();
+    let verifier = authz::jwt::TokenVerifier::new(&config);
+    verifier.set_keys(keys);
+    let identity = verifier.verify(token.trim()).unwrap();
+    assert_eq!(identity.subject, "ada");
+    assert_eq!(identity.roles, vec!["User".to_string(), "Auditor".to_string()]);
+}

@@ -1,0 +1,44 @@
+//! A throwaway PKI for TLS tests: a CA, a server certificate for 127.0.0.1/localhost, and a
+//! client certificate whose URI SAN is a SPIFFE id (as Istio issues them).
+
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
+
+/// PEM files of a CA, a server and a client.
+pub struct TestPki {
+    /// CA certificate.
+    pub ca_pem: String,
+    /// Server certificate (SANs 127.0.0.1 and localhost).
+    pub server_cert_pem: String,
+    /// Server private key.
+    pub server_key_pem: String,
+    /// Client certificate (URI SAN = `spiffe_id`).
+    pub client_cert_pem: String,
+    /// Client private key.
+    pub client_key_pem: String,
+}
+
+/// Makes a new PKI; the client's SPIFFE id is `spiffe_id`.
+pub fn pki(spiffe_id: &str) -> TestPki {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("ca key")).expect("ca");
+
+    let server_key = KeyPair::generate().expect("server key");
+    let server = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+        .expect("server params")
+        .signed_by(&server_key, &ca)
+        .expect("server cert");
+
+    let client_key = KeyPair::generate().expect("client key");
+    let mut client_params = CertificateParams::new(Vec::<String>::new()).expect("client params");
+    client_params.subject_alt_names = vec![SanType::URI(spiffe_id.try_into().expect("spiffe id"))];
+    let client = client_params.signed_by(&client_key, &ca).expect("client cert");
+
+    TestPki {
+        ca_pem: ca.pem(),
+        server_cert_pem: server.pem(),
+        server_key_pem: server_key.serialize_pem(),
+        client_cert_pem: client.pem(),
+        client_key_pem: client_key.serialize_pem(),
+    }
+}
