@@ -9,17 +9,19 @@ use arc_swap::ArcSwapOption;
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption, QueryParameter};
 use envoy_types::pb::envoy::r#type::v3::HttpStatus;
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorization;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse};
 use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value as PbValue};
 use envoy_types::pb::google::rpc;
+use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
 use crate::decision::{Decision, DecisionError};
 use crate::input::{self, InputError};
-use crate::jwt::{IdentityError, TokenVerifier};
+use crate::jwt::{Identity, IdentityError, TokenVerifier};
 use crate::metrics::{DecisionLabels, Metrics};
 use crate::policy::{PolicyBundle, PolicyError};
 
@@ -101,9 +103,19 @@ impl Authorizer {
         let authorization = http.and_then(|h| h.headers.get("authorization")).map(String::as_str);
         let identity = self.verifier.verify_header(authorization);
 
+        let mut cached = false;
         let evaluated = bundle.as_deref().ok_or(Denial::NoPolicy).and_then(|bundle| {
+            let cache = bundle.decision_cache().map(|c| (c, decision_key(&identity, http)));
+            if let Some(decision) = cache.as_ref().and_then(|(c, key)| c.get(key)) {
+                cached = true;
+                return Ok(decision);
+            }
             let input = input::build(request, identity.as_deref())?;
-            Ok(Decision::from_value(&bundle.evaluate(input)?)?)
+            let decision = Arc::new(Decision::from_value(&bundle.evaluate(input)?)?);
+            if let Some((c, key)) = cache {
+                c.insert(key, decision.clone());
+            }
+            Ok(decision)
         });
         let (mut response, status) = match (evaluated, &identity) {
             (Ok(decision), Ok(identity)) if decision.allowed => {
@@ -139,11 +151,29 @@ impl Authorizer {
                 path,
                 subject = identity.as_ref().map(|i| i.subject.as_str()).unwrap_or_default(),
                 identity_error = identity.as_ref().err().map(IdentityError::code).unwrap_or_default(),
+                cached,
                 duration_us = started.elapsed().as_micros() as u64,
             );
         }
         response
     }
+}
+
+/// What a cacheable policy's decision depends on: the exact token (or why there is none),
+/// the method and the path with its query.
+fn decision_key(identity: &Result<Arc<Identity>, IdentityError>, http: Option<&HttpRequest>) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    match identity {
+        Ok(identity) => hasher.update(identity.token_hash),
+        Err(error) => hasher.update(error.code()),
+    }
+    if let Some(http) = http {
+        hasher.update([0]);
+        hasher.update(&http.method);
+        hasher.update([0]);
+        hasher.update(&http.path);
+    }
+    hasher.finalize().into()
 }
 
 fn allow(

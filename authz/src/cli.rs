@@ -200,8 +200,7 @@ pub enum TokenCommand {
 
 /// Runs `authz policy test`; returns whether every test passed.
 pub fn policy_test(dir: &Path, rego_v0: bool, out: &mut impl std::io::Write) -> anyhow::Result<bool> {
-    let options =
-        BundleOptions { decision_rule: None, rego_v0, eval_timeout: Duration::from_secs(5), run_tests: false };
+    let options = BundleOptions { decision_rule: None, ..tool_options(rego_v0) };
     let bundle = PolicyBundle::load_dir(dir, &options)?;
     let results = bundle.run_tests();
     let failed = results.iter().filter(|t| t.failure.is_some()).count();
@@ -218,12 +217,7 @@ pub fn policy_test(dir: &Path, rego_v0: bool, out: &mut impl std::io::Write) -> 
 /// Runs `authz policy eval`: the decision rule's value, the decision it makes, and every
 /// other rule of its package as the explanation.
 pub fn policy_eval(dir: &Path, input: &Path, rule: &str, rego_v0: bool) -> anyhow::Result<serde_json::Value> {
-    let options = BundleOptions {
-        decision_rule: Some(rule.to_string()),
-        rego_v0,
-        eval_timeout: Duration::from_secs(5),
-        run_tests: false,
-    };
+    let options = BundleOptions { decision_rule: Some(rule.to_string()), ..tool_options(rego_v0) };
     let bundle = PolicyBundle::load_dir(dir, &options)?;
     let text = std::fs::read_to_string(input).map_err(|e| anyhow::anyhow!("reading {}: {e}", input.display()))?;
     let input =
@@ -245,6 +239,18 @@ pub fn policy_eval(dir: &Path, input: &Path, rule: &str, rego_v0: bool) -> anyho
         "decision": decision,
         "why": why,
     }))
+}
+
+/// Tools evaluate once, with a generous time limit and no cache.
+fn tool_options(rego_v0: bool) -> BundleOptions {
+    BundleOptions {
+        decision_rule: None,
+        rego_v0,
+        eval_timeout: Duration::from_secs(5),
+        run_tests: false,
+        decision_cache_capacity: 0,
+        decision_cache_ttl: Duration::ZERO,
+    }
 }
 
 fn to_json(v: &regorus::Value) -> serde_json::Value {

@@ -59,6 +59,10 @@ pub struct PolicyConfig {
     pub run_tests_on_load: bool,
     /// How often the directory is re-read in case a change notification was missed (ms).
     pub poll_interval_ms: u64,
+    /// Decisions kept when the bundle declares `cache_decisions := true` (0 disables).
+    pub decision_cache_capacity: u64,
+    /// Seconds a cached decision may be reused.
+    pub decision_cache_ttl_secs: u64,
 }
 
 /// How bearer tokens are verified.
@@ -127,6 +131,8 @@ impl Default for PolicyConfig {
             eval_timeout_ms: 50,
             run_tests_on_load: true,
             poll_interval_ms: 2_000,
+            decision_cache_capacity: 100_000,
+            decision_cache_ttl_secs: 60,
         }
     }
 }
@@ -216,6 +222,18 @@ impl Config {
             return invalid("server.tls_client_ca", "needs server.tls_cert and server.tls_key");
         }
         Ok(())
+    }
+
+    /// How a policy bundle is loaded for serving.
+    pub fn bundle_options(&self) -> crate::policy::BundleOptions {
+        crate::policy::BundleOptions {
+            decision_rule: Some(self.policy.decision_rule.clone()),
+            rego_v0: self.policy.rego_v0,
+            eval_timeout: self.eval_timeout(),
+            run_tests: self.policy.run_tests_on_load,
+            decision_cache_capacity: self.policy.decision_cache_capacity,
+            decision_cache_ttl: Duration::from_secs(self.policy.decision_cache_ttl_secs),
+        }
     }
 
     /// The policy evaluation time limit.

@@ -27,6 +27,8 @@ pub struct Identity {
     pub claims: regorus::Value,
     /// `exp`, seconds since the epoch.
     pub expires_at: u64,
+    /// SHA-256 of the token: a stable, secret-free handle on this exact token.
+    pub token_hash: [u8; 32],
     key: Arc<VerifyKey>,
 }
 
@@ -162,12 +164,19 @@ impl TokenVerifier {
             }
             self.cache.invalidate(&cache_key);
         }
-        let identity = Arc::new(self.verify_uncached(token, keys)?);
+        let identity = Arc::new(self.verify_with(token, keys, cache_key)?);
         self.cache.insert(cache_key, identity.clone());
         Ok(identity)
     }
 
-    fn verify_uncached(&self, token: &str, keys: &KeySet) -> Result<Identity, IdentityError> {
+    /// Verifies without looking in or filling the cache (benchmarks, tools).
+    pub fn verify_uncached(&self, token: &str) -> Result<Identity, IdentityError> {
+        let keys = self.keys.load();
+        let keys = keys.as_ref().as_ref().ok_or(IdentityError::NoKeys)?;
+        self.verify_with(token, keys, Sha256::digest(token.as_bytes()).into())
+    }
+
+    fn verify_with(&self, token: &str, keys: &KeySet, token_hash: [u8; 32]) -> Result<Identity, IdentityError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| classify_bad_header(token))?;
         if !matches!(header.alg, Algorithm::RS256 | Algorithm::ES256) {
             return Err(IdentityError::UnsupportedAlgorithm);
@@ -201,6 +210,7 @@ impl TokenVerifier {
             roles,
             claims: serde_json::from_value(serde_json::Value::Object(claims)).map_err(|_| IdentityError::Malformed)?,
             expires_at,
+            token_hash,
             key: key.clone(),
         })
     }

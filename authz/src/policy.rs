@@ -8,12 +8,17 @@ use std::collections::BTreeSet;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+use moka::sync::Cache;
 
 use regorus::unstable::{Rule, RuleHead};
 use regorus::utils::limits::ExecutionTimerConfig;
 use regorus::{Engine, Value};
 use sha2::{Digest, Sha256};
+
+use crate::decision::Decision;
 
 /// How a bundle is loaded and evaluated.
 #[derive(Debug, Clone)]
@@ -27,6 +32,11 @@ pub struct BundleOptions {
     pub eval_timeout: Duration,
     /// Refuse the bundle unless all its `test_*` rules pass.
     pub run_tests: bool,
+    /// Capacity of the decision cache, used only when the bundle declares
+    /// `cache_decisions := true` in the decision rule's package; 0 disables it.
+    pub decision_cache_capacity: u64,
+    /// How long a cached decision may be reused.
+    pub decision_cache_ttl: Duration,
 }
 
 /// Why a bundle was refused; the previous bundle keeps serving.
@@ -95,6 +105,7 @@ pub struct PolicyBundle {
     decision_rule: Option<String>,
     tests: Vec<String>,
     files: usize,
+    decisions: Option<Cache<[u8; 32], Arc<Decision>>>,
 }
 
 impl std::fmt::Debug for PolicyBundle {
@@ -103,6 +114,7 @@ impl std::fmt::Debug for PolicyBundle {
             .field("revision", &self.revision)
             .field("decision_rule", &self.decision_rule)
             .field("files", &self.files)
+            .field("caches_decisions", &self.decisions.is_some())
             .finish()
     }
 }
@@ -193,6 +205,15 @@ impl PolicyBundle {
                 .eval_rule(rule.clone())
                 .map_err(|e| PolicyError::Compile { rule: rule.clone(), message: e.to_string() })?;
         }
+        let decisions = match &options.decision_rule {
+            Some(rule) if options.decision_cache_capacity > 0 && declares_cacheable(&mut engine, rule, &rules) => Some(
+                Cache::builder()
+                    .max_capacity(options.decision_cache_capacity)
+                    .time_to_live(options.decision_cache_ttl)
+                    .build(),
+            ),
+            _ => None,
+        };
         let bundle = Self {
             id: NEXT_BUNDLE_ID.fetch_add(1, Ordering::Relaxed),
             revision: hex::encode(&hasher.finalize()[..8]),
@@ -200,6 +221,7 @@ impl PolicyBundle {
             decision_rule: options.decision_rule.clone(),
             tests,
             files,
+            decisions,
         };
         if options.run_tests {
             let failed: Vec<String> = bundle
@@ -227,6 +249,12 @@ impl PolicyBundle {
     /// Number of files in the bundle.
     pub fn files(&self) -> usize {
         self.files
+    }
+
+    /// The decision cache, when the bundle declared its decisions cacheable. It lives and
+    /// dies with the bundle, so a reload never serves a decision of the old policy.
+    pub fn decision_cache(&self) -> Option<&Cache<[u8; 32], Arc<Decision>>> {
+        self.decisions.as_ref()
     }
 
     /// Evaluates the decision rule for `input` on this thread's engine.
@@ -273,6 +301,14 @@ impl PolicyBundle {
             })
             .collect()
     }
+}
+
+/// Whether the decision rule's package says `cache_decisions := true`: its decisions depend
+/// only on the verified identity, the method and the path.
+fn declares_cacheable(engine: &mut Engine, decision_rule: &str, rules: &BTreeSet<String>) -> bool {
+    let Some((package, _)) = decision_rule.rsplit_once('.') else { return false };
+    let rule = format!("{package}.cache_decisions");
+    rules.contains(&rule) && matches!(engine.eval_rule(rule), Ok(Value::Bool(true)))
 }
 
 /// A bare `GET /` with no identity: enough to make every rule's evaluation path compile.
@@ -357,6 +393,8 @@ mod tests {
             rego_v0: false,
             eval_timeout: Duration::from_millis(100),
             run_tests: true,
+            decision_cache_capacity: 10,
+            decision_cache_ttl: Duration::from_secs(60),
         }
     }
 
@@ -393,6 +431,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(b.evaluate(Value::new_object()).unwrap(), Value::Bool(true));
+    }
+
+    #[test]
+    fn decision_cache_only_when_declared() {
+        assert!(bundle("package t\nallow := true\n").unwrap().decision_cache().is_none());
+        let cached = bundle("package t\nallow := true\ncache_decisions := true\n").unwrap();
+        assert!(cached.decision_cache().is_some());
     }
 
     #[test]

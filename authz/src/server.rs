@@ -20,7 +20,7 @@ use crate::config::Config;
 use crate::jwt::TokenVerifier;
 use crate::keys::KeySet;
 use crate::metrics::{reload_result, Metrics};
-use crate::policy::{self, BundleOptions, PolicyBundle};
+use crate::policy::{self, PolicyBundle};
 use crate::watch::watch_dir;
 
 /// The gRPC service name Envoy's health checks ask about.
@@ -69,15 +69,6 @@ pub struct Service {
 }
 
 impl Service {
-    fn bundle_options(&self) -> BundleOptions {
-        BundleOptions {
-            decision_rule: Some(self.config.policy.decision_rule.clone()),
-            rego_v0: self.config.policy.rego_v0,
-            eval_timeout: self.config.eval_timeout(),
-            run_tests: self.config.policy.run_tests_on_load,
-        }
-    }
-
     fn health(&self) -> std::sync::MutexGuard<'_, Health> {
         // A panic elsewhere must not take health reporting down with it.
         self.health.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -92,8 +83,8 @@ impl Service {
                 return;
             }
         }
-        let result =
-            fingerprint.and_then(|_| PolicyBundle::load_dir(dir, &self.bundle_options()).map_err(|e| e.to_string()));
+        let result = fingerprint
+            .and_then(|_| PolicyBundle::load_dir(dir, &self.config.bundle_options()).map_err(|e| e.to_string()));
         let mut health = self.health();
         health.policy.seen = fingerprint_of(dir);
         match result {
@@ -238,7 +229,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let grpc = builder
         .add_service(health_service)
         .add_service(AuthorizationServer::new(CheckService(authorizer)))
-        .serve_with_incoming_shutdown(tokio_stream_listener(grpc_listener), stop_signal(stop_rx));
+        .serve_with_incoming_shutdown(incoming(grpc_listener), stop_signal(stop_rx));
     let result = grpc.await;
     if let Err(e) = &result {
         error!(error = %e, "gRPC server failed");
@@ -266,9 +257,9 @@ async fn stop_signal(mut rx: tokio::sync::watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
-fn tokio_stream_listener(
-    listener: TcpListener,
-) -> impl futures_util::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+/// Accepted connections of `listener`, with Nagle's algorithm off: a Check is one small
+/// request and one small response, and delayed ACKs would add up to 40 ms to each.
+pub fn incoming(listener: TcpListener) -> impl futures_util::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
     futures_util::stream::unfold(listener, |listener| async move {
         let accepted = listener.accept().await.map(|(stream, _)| {
             let _ = stream.set_nodelay(true);

@@ -70,7 +70,7 @@ fn policy_eval_prints_the_decision_and_why() {
     assert_eq!(code, 0, "{err}");
     let out: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(out["decision"]["allowed"], false);
-    assert_eq!(out["why"]["required_permissions"], serde_json::json!(["jobs:submit-script"]));
+    assert_eq!(out["why"]["required_permission"], "jobs:submit-script");
     assert!(out["why"]["reason"].as_str().unwrap().contains("lack permission"), "{out}");
     assert!(out["why"].get("test_default_deny").is_none());
 }

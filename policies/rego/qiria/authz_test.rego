@@ -64,8 +64,42 @@ test_no_identity_only_reaches_public_operations if {
 	not authz.allow with input as anonymous("GET", "/v1/jobs")
 }
 
+# Two route patterns that can match the same path would make `required_permission` conflict.
+test_no_two_patterns_overlap if {
+	clashes := {[method, a, b] |
+		some method, routes in data.qiria.rbac.route_patterns
+		some i, a in routes
+		some j, b in routes
+		i < j
+		overlapping(a.path, b.path)
+	}
+	count(clashes) == 0
+}
+
+test_overlap_detection_works if {
+	overlapping(["v1", "jobs", "*"], ["v1", "*", "42"])
+	not overlapping(["v1", "jobs", "*"], ["v1", "jobs", "*", "cancel"])
+	not overlapping(["v1", "jobs", "*"], ["v1", "users", "*"])
+}
+
+overlapping(a, b) if {
+	count(a) == count(b)
+	every i, x in a {
+		compatible(x, b[i])
+	}
+}
+
+compatible(x, y) if {
+	some s in [x, y]
+	s == "*"
+}
+
+compatible(x, y) if x == y
+
 test_every_role_permission_is_known if {
-	known := {p | some _, routes in data.qiria.rbac.operations; some p in routes}
+	exact := {p | some _, routes in data.qiria.rbac.operations; some p in routes}
+	patterns := {r.permission | some _, routes in data.qiria.rbac.route_patterns; some r in routes}
+	known := exact | patterns
 	every _, permissions in data.qiria.rbac.roles {
 		every p in permissions {
 			p in known
@@ -74,5 +108,5 @@ test_every_role_permission_is_known if {
 }
 
 test_reason_explains_denials if {
-	authz.reason == "roles [\"Auditor\"] lack permission {\"jobs:submit-script\"}" with input as req("POST", "/v1/jobs/scripts", ["Auditor"])
+	authz.reason == "roles [\"Auditor\"] lack permission jobs:submit-script" with input as req("POST", "/v1/jobs/scripts", ["Auditor"])
 }

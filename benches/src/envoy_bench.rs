@@ -1,0 +1,426 @@
+//! The load benchmark through the real Envoy: the same listener and route, the same load,
+//! in one run, for Envoy alone, Envoy's native `jwt_authn` + `rbac`, Envoy + a do-nothing
+//! ext_authz server (the floor), and Envoy + authz (one token, thousands of rotating tokens,
+//! a denied token). Envoy is pinned to core 0, the backend and the load generator share
+//! core 1 (`taskset`), as in the anchors' measurements.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use base64::Engine as _;
+use qiria_test_support::process::Process;
+use qiria_test_support::tokens::{claims, now, SigningKey, AUDIENCE, ISSUER};
+use qiria_test_support::{free_port, workspace_root};
+use rsa::traits::PublicKeyParts;
+
+use crate::proc_stats::{cpu_seconds, peak_rss_mib};
+
+/// How long and how hard to run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Seconds of maximum-throughput load per configuration.
+    pub seconds: u64,
+    /// Seconds of fixed-rate load per configuration.
+    pub rate_seconds: u64,
+    /// Sequential requests for the unloaded latency.
+    pub unloaded_requests: u32,
+    /// Token counts for the rotation runs.
+    pub rotations: Vec<usize>,
+    /// h2load connections and streams per connection.
+    pub connections: u32,
+    /// Streams per connection.
+    pub streams: u32,
+}
+
+impl Plan {
+    /// The full run (a few minutes).
+    pub fn full() -> Self {
+        Self {
+            seconds: 10,
+            rate_seconds: 5,
+            unloaded_requests: 3000,
+            rotations: vec![2_000, 100_000],
+            connections: 4,
+            streams: 16,
+        }
+    }
+
+    /// A run that only shows everything works (CI).
+    pub fn smoke() -> Self {
+        Self { seconds: 1, rate_seconds: 1, unloaded_requests: 100, rotations: vec![200], connections: 2, streams: 4 }
+    }
+}
+
+/// Where the binaries are.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    /// Envoy.
+    pub envoy: PathBuf,
+    /// Our authz.
+    pub authz: PathBuf,
+    /// The do-nothing ext_authz server.
+    pub noop: PathBuf,
+    /// The rotating-token load generator.
+    pub loadgen: PathBuf,
+}
+
+/// One configuration's figures.
+#[derive(Debug, Clone, Default)]
+pub struct Row {
+    /// Configuration name.
+    pub name: String,
+    /// Requests per second at maximum load.
+    pub rps: f64,
+    /// Requests answered 2xx / denied (401, 403) / other, at maximum load.
+    pub statuses: (u64, u64, u64),
+    /// Envoy CPU µs per request.
+    pub envoy_cpu_us: f64,
+    /// Backend (authz or the floor) CPU µs per request.
+    pub backend_cpu_us: Option<f64>,
+    /// p50 / p99 latency in ms at the fixed rate.
+    pub fixed_rate_ms: Option<(f64, f64)>,
+    /// p50 latency in ms with one request at a time.
+    pub unloaded_p50_ms: Option<f64>,
+    /// Backend peak RSS in MiB.
+    pub backend_rss_mib: Option<f64>,
+}
+
+enum Filters {
+    None,
+    JwtRbac { cache: bool },
+    ExtAuthz,
+}
+
+enum Backend {
+    None,
+    Noop,
+    Authz,
+}
+
+enum Load {
+    /// h2load with one token on `path`.
+    H2load { path: &'static str },
+    /// loadgen rotating through `count` tokens.
+    Rotating { count: usize },
+}
+
+struct Setup {
+    name: String,
+    filters: Filters,
+    backend: Backend,
+    load: Load,
+}
+
+/// Runs every configuration; returns the rows in order.
+pub fn run(plan: &Plan, bins: &Binaries, work: &Path) -> anyhow::Result<Vec<Row>> {
+    let key = SigningKey::rsa("bench-rs256");
+    let keys_dir = work.join("keys");
+    std::fs::create_dir_all(&keys_dir)?;
+    key.write_public(&keys_dir);
+    let ec = SigningKey::ec("bench-es256");
+    ec.write_public(&keys_dir);
+    let mut long = claims("alice", &["User"]);
+    long["exp"] = (now() + 3600).into();
+    let token = key.sign(&long);
+
+    let mut setups = vec![
+        Setup { name: "(a) Envoy alone (direct_response)".into(), filters: Filters::None, backend: Backend::None, load: Load::H2load { path: "/v1/jobs/42" } },
+        Setup { name: "(b) Envoy jwt_authn + rbac".into(), filters: Filters::JwtRbac { cache: false }, backend: Backend::None, load: Load::H2load { path: "/v1/jobs/42" } },
+        Setup { name: "(b') same, jwt_authn token cache on".into(), filters: Filters::JwtRbac { cache: true }, backend: Backend::None, load: Load::H2load { path: "/v1/jobs/42" } },
+        Setup { name: "(e) ext_authz → do-nothing tonic server".into(), filters: Filters::ExtAuthz, backend: Backend::Noop, load: Load::H2load { path: "/v1/jobs/42" } },
+        Setup { name: "(c) ext_authz → authz, RS256 + RBAC".into(), filters: Filters::ExtAuthz, backend: Backend::Authz, load: Load::H2load { path: "/v1/jobs/42" } },
+        Setup { name: "(d) authz, denied (403)".into(), filters: Filters::ExtAuthz, backend: Backend::Authz, load: Load::H2load { path: "/v1/admin/jobs" } },
+        Setup { name: "(c) authz, 1 token via loadgen".into(), filters: Filters::ExtAuthz, backend: Backend::Authz, load: Load::Rotating { count: 1 } },
+    ];
+    for count in &plan.rotations {
+        setups.push(Setup {
+            name: format!("(d) authz, {count} rotating tokens"),
+            filters: Filters::ExtAuthz,
+            backend: Backend::Authz,
+            load: Load::Rotating { count: *count },
+        });
+    }
+
+    let jwks = jwks(&key);
+    let mut rows = Vec::new();
+    let mut fixed_rate = None;
+    for setup in &setups {
+        let row = run_one(setup, plan, bins, work, &keys_dir, &token, &key, &ec, &jwks, &mut fixed_rate)?;
+        eprintln!("  {}: {:.0} req/s", row.name, row.rps);
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_one(
+    setup: &Setup,
+    plan: &Plan,
+    bins: &Binaries,
+    work: &Path,
+    keys_dir: &Path,
+    token: &str,
+    key: &SigningKey,
+    ec: &SigningKey,
+    jwks: &str,
+    fixed_rate: &mut Option<f64>,
+) -> anyhow::Result<Row> {
+    let (port, admin_port, backend_port) = (free_port(), free_port(), free_port());
+    let backend = match setup.backend {
+        Backend::None => None,
+        Backend::Noop => Some(pinned(&bins.noop, "1", &[backend_port.to_string()], &work.join("noop.log"))?),
+        Backend::Authz => {
+            let args: Vec<String> = [
+                "serve",
+                "--grpc-addr",
+                &format!("127.0.0.1:{backend_port}"),
+                "--admin-addr",
+                &format!("127.0.0.1:{}", free_port()),
+                "--policy-dir",
+                &workspace_root().join("policies/rego").display().to_string(),
+                "--keys-dir",
+                &keys_dir.display().to_string(),
+                "--issuer",
+                ISSUER,
+                "--audience",
+                AUDIENCE,
+                "--log-level",
+                "warn",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            std::env::set_var("QIRIA_AUTHZ_LOG__DECISIONS", "false");
+            Some(pinned(&bins.authz, "1", &args, &work.join("authz.log"))?)
+        }
+    };
+    let filters = match setup.filters {
+        Filters::None => String::new(),
+        Filters::ExtAuthz => read_bench_file("ext_authz.filters.yaml")?,
+        Filters::JwtRbac { cache } => read_bench_file("jwt_rbac.filters.yaml")?
+            .replace("{{ISSUER}}", ISSUER)
+            .replace("{{AUDIENCE}}", AUDIENCE)
+            .replace("{{JWKS}}", jwks)
+            .replace(
+                "{{JWT_CACHE}}",
+                if cache { "                  jwt_cache_config: { jwt_cache_size: 1000 }" } else { "" },
+            ),
+    };
+    let config = read_bench_file("bench.template.yaml")?
+        .replace("{{HTTP_FILTERS}}", filters.trim_end())
+        .replace("{{LISTEN_PORT}}", &port.to_string())
+        .replace("{{ADMIN_PORT}}", &admin_port.to_string())
+        .replace("{{AUTHZ_PORT}}", &backend_port.to_string());
+    let config_path = work.join("envoy.yaml");
+    std::fs::write(&config_path, config)?;
+    let envoy_args: Vec<String> =
+        ["-c", &config_path.display().to_string(), "--concurrency", "1", "--disable-hot-restart", "--log-level", "error"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    let envoy = pinned(&bins.envoy, "0", &envoy_args, &work.join("envoy.log"))?;
+    wait_ready(&format!("http://127.0.0.1:{admin_port}/ready"), &envoy)
+        .map_err(|e| anyhow::anyhow!("{e}\nconfig {}:\n{}", config_path.display(), std::fs::read_to_string(&config_path).unwrap_or_default()))?;
+    if let Some(backend) = &backend {
+        std::thread::sleep(Duration::from_millis(300));
+        anyhow::ensure!(backend.pid().is_some(), "backend did not start");
+    }
+
+    let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
+    let mut row = Row { name: setup.name.clone(), ..Row::default() };
+    match &setup.load {
+        Load::H2load { path } => {
+            // Warm-up: connections, caches, the policy engine on every thread.
+            h2load(&url(path), token, &["-c", "2", "-m", "4", "-n", "2000"], None)?;
+            let before = snapshot(&envoy, backend.as_ref());
+            let (c, m, d) = (plan.connections.to_string(), plan.streams.to_string(), format!("{}s", plan.seconds));
+            let max = h2load(&url(path), token, &["-c", &c, "-m", &m, "-D", &d], None)?;
+            let after = snapshot(&envoy, backend.as_ref());
+            row.rps = max.rps;
+            row.statuses = max.statuses;
+            (row.envoy_cpu_us, row.backend_cpu_us) = per_request(before, after, max.done);
+            // Latency at a fixed rate: half of what Envoy alone sustains.
+            let rate = *fixed_rate.get_or_insert(max.rps / 2.0);
+            let per_client = ((rate / plan.connections as f64).floor() as u64).max(1).to_string();
+            let log = tempfile::NamedTempFile::new()?;
+            let rd = format!("{}s", plan.rate_seconds);
+            h2load(&url(path), token, &["-c", &c, "-m", "1", "--rps", &per_client, "-D", &rd], Some(log.path()))?;
+            row.fixed_rate_ms = percentiles(log.path())?.map(|(p50, p99)| (p50, p99));
+            let log = tempfile::NamedTempFile::new()?;
+            let n = plan.unloaded_requests.to_string();
+            h2load(&url(path), token, &["-c", "1", "-m", "1", "-n", &n], Some(log.path()))?;
+            row.unloaded_p50_ms = percentiles(log.path())?.map(|(p50, _)| p50);
+        }
+        Load::Rotating { count } => {
+            let tokens_file = work.join(format!("tokens-{count}.txt"));
+            write_tokens(&tokens_file, *count, key, ec)?;
+            let (c, m) = (plan.connections.to_string(), plan.streams.to_string());
+            // Warm-up fills the caches with every token once (bounded by the token count).
+            let warm = (*count as f64 / 2_000.0).clamp(1.0, 60.0).to_string();
+            loadgen(&bins.loadgen, &url("/v1/jobs/42"), &tokens_file, &c, &m, &warm)?;
+            let before = snapshot(&envoy, backend.as_ref());
+            let result = loadgen(&bins.loadgen, &url("/v1/jobs/42"), &tokens_file, &c, &m, &plan.seconds.to_string())?;
+            let after = snapshot(&envoy, backend.as_ref());
+            let done = result["requests"].as_u64().unwrap_or(0);
+            row.rps = result["rps"].as_f64().unwrap_or(0.0);
+            row.statuses = (
+                result["ok"].as_u64().unwrap_or(0),
+                result["denied"].as_u64().unwrap_or(0),
+                result["other"].as_u64().unwrap_or(0) + result["errors"].as_u64().unwrap_or(0),
+            );
+            (row.envoy_cpu_us, row.backend_cpu_us) = per_request(before, after, done);
+        }
+    }
+    row.backend_rss_mib = backend.as_ref().and_then(|b| b.pid()).and_then(peak_rss_mib);
+    Ok(row)
+}
+
+fn read_bench_file(name: &str) -> anyhow::Result<String> {
+    let path = workspace_root().join("benches/envoy").join(name);
+    std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// Starts `program` pinned to `cpus` with `taskset`.
+fn pinned(program: &Path, cpus: &str, args: &[String], log: &Path) -> anyhow::Result<Process> {
+    let mut all = vec!["-c".to_string(), cpus.to_string(), program.display().to_string()];
+    all.extend(args.iter().cloned());
+    Ok(Process::spawn(&program.display().to_string(), Path::new("taskset"), &all, log)?)
+}
+
+fn wait_ready(url: &str, envoy: &Process) -> anyhow::Result<()> {
+    for _ in 0..300 {
+        if Command::new("curl").args(["-fs", "-o", "/dev/null", url]).status().is_ok_and(|s| s.success()) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    anyhow::bail!("Envoy never became ready:\n{}", envoy.output().lines().take(3).collect::<Vec<_>>().join("\n"))
+}
+
+type Snapshot = (Option<f64>, Option<f64>);
+
+fn snapshot(envoy: &Process, backend: Option<&Process>) -> Snapshot {
+    (envoy.pid().and_then(cpu_seconds), backend.and_then(|b| b.pid()).and_then(cpu_seconds))
+}
+
+fn per_request(before: Snapshot, after: Snapshot, requests: u64) -> (f64, Option<f64>) {
+    let per = |b: Option<f64>, a: Option<f64>| match (b, a) {
+        (Some(b), Some(a)) if requests > 0 => Some((a - b) * 1e6 / requests as f64),
+        _ => None,
+    };
+    (per(before.0, after.0).unwrap_or(f64::NAN), per(before.1, after.1))
+}
+
+struct H2loadResult {
+    rps: f64,
+    done: u64,
+    statuses: (u64, u64, u64),
+}
+
+/// Runs h2load (h2c) on core 1 and reads its summary.
+fn h2load(url: &str, token: &str, args: &[&str], log: Option<&Path>) -> anyhow::Result<H2loadResult> {
+    let mut command = Command::new("taskset");
+    command.args(["-c", "1", "h2load", "-H", &format!("authorization: Bearer {token}")]).args(args).arg(url);
+    if let Some(log) = log {
+        command.arg("--log-file").arg(log);
+    }
+    let output = command.output()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    anyhow::ensure!(output.status.success(), "h2load failed: {text}{}", String::from_utf8_lossy(&output.stderr));
+    let number_after = |prefix: &str, index: usize| -> f64 {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(prefix))
+            .and_then(|l| l.split_whitespace().nth(index))
+            .and_then(|v| v.trim_end_matches(',').parse().ok())
+            .unwrap_or(0.0)
+    };
+    // "finished in 1.00s, 12345.67 req/s, 1.23MB/s"
+    let rps = number_after("finished in", 3);
+    // "requests: 100 total, 100 started, 100 done, 100 succeeded, 0 failed, 0 errored, 0 timeout"
+    let done = number_after("requests:", 5) as u64;
+    // "status codes: 100 2xx, 0 3xx, 0 4xx, 0 5xx"
+    let s2 = number_after("status codes:", 2) as u64;
+    let s4 = number_after("status codes:", 6) as u64;
+    let s5 = number_after("status codes:", 8) as u64;
+    Ok(H2loadResult { rps, done, statuses: (s2, s4, s5) })
+}
+
+/// p50 and p99 (ms) of an h2load `--log-file` (third column: µs).
+fn percentiles(log: &Path) -> anyhow::Result<Option<(f64, f64)>> {
+    let mut durations: Vec<u64> = std::fs::read_to_string(log)?
+        .lines()
+        .filter_map(|l| l.split('\t').nth(2).and_then(|d| d.trim().parse().ok()))
+        .collect();
+    if durations.is_empty() {
+        return Ok(None);
+    }
+    durations.sort_unstable();
+    let at = |q: f64| durations[((durations.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0;
+    Ok(Some((at(0.5), at(0.99))))
+}
+
+fn loadgen(bin: &Path, url: &str, tokens: &Path, c: &str, m: &str, seconds: &str) -> anyhow::Result<serde_json::Value> {
+    let output = Command::new("taskset")
+        .args(["-c", "1"])
+        .arg(bin)
+        .args([url, &tokens.display().to_string(), "--connections", c, "--streams", m, "--seconds", seconds])
+        .output()?;
+    anyhow::ensure!(output.status.success(), "loadgen failed: {}", String::from_utf8_lossy(&output.stderr));
+    Ok(serde_json::from_slice(&output.stdout)?)
+}
+
+/// `count` distinct valid tokens: RS256 up to 10,000 (RSA signing is slow), ES256 beyond.
+fn write_tokens(path: &Path, count: usize, rsa: &SigningKey, ec: &SigningKey) -> anyhow::Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    let signer = if count <= 10_000 { rsa } else { ec };
+    let mut text = String::with_capacity(count * 700);
+    for i in 0..count {
+        let mut c = claims(&format!("user-{i}"), &["User"]);
+        c["exp"] = (now() + 3600).into();
+        writeln!(text, "{}", signer.sign(&c))?;
+    }
+    std::fs::write(path, text)?;
+    Ok(())
+}
+
+/// The JWKS of an RSA signing key, for jwt_authn's `local_jwks`.
+fn jwks(key: &SigningKey) -> String {
+    use rsa::pkcs8::DecodePublicKey;
+    let public = rsa::RsaPublicKey::from_public_key_pem(&key.public_pem).expect("public key");
+    let b64 = |b: Vec<u8>| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    serde_json::json!({"keys": [{
+        "kty": "RSA", "alg": "RS256", "use": "sig", "kid": key.kid,
+        "n": b64(public.n().to_bytes_be()), "e": b64(public.e().to_bytes_be()),
+    }]})
+    .to_string()
+}
+
+/// Instructions per decision, from callgrind runs of `decide` at two sizes.
+pub fn instructions_per_decision(decide: &Path, cache: bool, small: u64, large: u64) -> anyhow::Result<f64> {
+    let run = |n: u64| -> anyhow::Result<f64> {
+        let out = tempfile::NamedTempFile::new()?;
+        let mut command = Command::new("valgrind");
+        command
+            .arg("--tool=callgrind")
+            .arg(format!("--callgrind-out-file={}", out.path().display()))
+            .arg(decide)
+            .arg(n.to_string());
+        if !cache {
+            command.arg("--no-cache");
+        }
+        let output = command.output()?;
+        anyhow::ensure!(output.status.success(), "callgrind failed: {}", String::from_utf8_lossy(&output.stderr));
+        let profile = std::fs::read_to_string(out.path())?;
+        profile
+            .lines()
+            .find_map(|l| l.strip_prefix("summary: ").or_else(|| l.strip_prefix("totals: ")))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("no instruction total in the callgrind profile"))
+    };
+    Ok((run(large)? - run(small)?) / (large - small) as f64)
+}

@@ -1,0 +1,120 @@
+//! The benchmark report: one table of figures, the targets of issue 9 as ratios measured in
+//! the same run, and the instruction counts.
+
+use std::fmt::Write as _;
+
+use crate::envoy_bench::{Plan, Row};
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn today() -> String {
+    std::process::Command::new("date")
+        .arg("+%Y-%m-%d %H:%M UTC")
+        .env("TZ", "UTC")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.filter(|v| v.is_finite()).map(|v| format!("{v:.digits$}")).unwrap_or_else(|| "–".into())
+}
+
+fn find<'a>(rows: &'a [Row], prefix: &str) -> Option<&'a Row> {
+    rows.iter().find(|r| r.name.starts_with(prefix))
+}
+
+/// Renders the Markdown report.
+pub fn render(rows: &[Row], instructions: &[(&str, anyhow::Result<f64>)], plan: &Plan, smoke: bool) -> String {
+    let mut out = String::new();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let _ = writeln!(out, "# Benchmark results{}\n", if smoke { " (smoke run: too short to quote)" } else { "" });
+    let _ = writeln!(out, "- date: {}\n- CPU: {} × {cores} cores", today(), cpu_model());
+    let _ = writeln!(
+        out,
+        "- load: h2load (h2c) {} connections × {} streams, {} s per configuration; Envoy 1.40 `--concurrency 1` pinned to core 0 (`taskset -c 0`), the backend (authz or the floor) and the load generator pinned to core 1 (`taskset -c 1`); fixed rate = half of (a)'s maximum; unloaded = one request at a time",
+        plan.connections, plan.streams, plan.seconds
+    );
+    let _ = writeln!(out, "- CPU per request: utime+stime from `/proc/<pid>/stat` before and after the maximum-load run, divided by the requests done\n");
+    let _ = writeln!(
+        out,
+        "| configuration | req/s (max) | 2xx / denied / other | Envoy CPU µs/req | backend CPU µs/req | p50 / p99 ms at fixed rate | unloaded p50 ms | backend peak RSS MiB |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "| {} | {:.0} | {} / {} / {} | {} | {} | {} | {} | {} |",
+            r.name,
+            r.rps,
+            r.statuses.0,
+            r.statuses.1,
+            r.statuses.2,
+            opt(Some(r.envoy_cpu_us), 1),
+            opt(r.backend_cpu_us, 1),
+            r.fixed_rate_ms.map(|(a, b)| format!("{a:.2} / {b:.2}")).unwrap_or_else(|| "–".into()),
+            opt(r.unloaded_p50_ms, 2),
+            opt(r.backend_rss_mib, 1),
+        );
+    }
+    let _ = writeln!(out, "\n## Targets (ratios within this run)\n");
+    let floor = find(rows, "(e)");
+    let ours = find(rows, "(c) ext_authz");
+    let native = find(rows, "(b) Envoy");
+    let mut target = |name: &str, value: Option<f64>, limit: Option<f64>, unit: &str| {
+        let verdict = match (value, limit) {
+            (Some(v), Some(l)) if v.is_finite() && l.is_finite() => {
+                if v <= l {
+                    "met"
+                } else {
+                    "MISSED"
+                }
+            }
+            _ => "not measured",
+        };
+        let _ = writeln!(out, "- {name}: {} {unit} vs limit {} {unit} → **{verdict}**", opt(value, 2), opt(limit, 2));
+    };
+    let cpu = |r: Option<&Row>| r.and_then(|r| r.backend_cpu_us);
+    target("authz CPU per decision, cached token (c) ≤ 1.5 × floor (e)", cpu(ours), cpu(floor).map(|f| 1.5 * f), "µs");
+    if let Some(rot) = rows.iter().find(|r| r.name.contains("rotating") && !r.name.contains("100000")) {
+        target(&format!("authz CPU per decision, {} ≤ 40 µs", rot.name.trim_start_matches("(d) authz, ")), rot.backend_cpu_us, Some(40.0), "µs");
+    }
+    target(
+        "(c) max req/s ≥ 0.9 × (e): (e) × 0.9 − (c), must be ≤ 0",
+        ours.zip(floor).map(|(c, e)| 0.9 * e.rps - c.rps),
+        Some(0.0),
+        "req/s",
+    );
+    target(
+        "unloaded p50 (c) ≤ (e) + 0.05 ms",
+        ours.and_then(|c| c.unloaded_p50_ms),
+        floor.and_then(|e| e.unloaded_p50_ms).map(|e| e + 0.05),
+        "ms",
+    );
+    target(
+        "Envoy + authz CPU per request (c) ≤ 1.4 × native jwt_authn + rbac (b)",
+        ours.map(|c| c.envoy_cpu_us + c.backend_cpu_us.unwrap_or(f64::NAN)),
+        native.map(|b| 1.4 * b.envoy_cpu_us),
+        "µs",
+    );
+    if let Some(big) = rows.iter().find(|r| r.name.contains("100000")) {
+        target("authz peak RSS with 100,000 cached tokens ≤ 64 MiB", big.backend_rss_mib, Some(64.0), "MiB");
+    }
+    let _ = writeln!(out, "\n## Instructions per decision (callgrind, in process, shipped bundle)\n");
+    for (name, result) in instructions {
+        match result {
+            Ok(n) => {
+                let _ = writeln!(out, "- {name}: {n:.0} instructions");
+            }
+            Err(e) => {
+                let _ = writeln!(out, "- {name}: not measured ({e})");
+            }
+        }
+    }
+    out
+}
