@@ -2,7 +2,7 @@
 //! `CheckResponse`. Every error on this path becomes a denial; [`Denial`] is the one place
 //! where reasons are mapped to HTTP and gRPC statuses.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
 use arc_swap::ArcSwapOption;
@@ -15,13 +15,13 @@ use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse};
 use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value as PbValue};
 use envoy_types::pb::google::rpc;
-use sha2::{Digest, Sha256};
+use prometheus_client::metrics::counter::Counter;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
 use crate::decision::{Decision, DecisionError};
 use crate::input::{self, InputError};
-use crate::jwt::{Identity, IdentityError, TokenVerifier};
+use crate::jwt::{Identity, IdentityError, TokenHasher, TokenVerifier};
 use crate::metrics::{DecisionLabels, Metrics};
 use crate::policy::{PolicyBundle, PolicyError};
 
@@ -80,6 +80,15 @@ pub struct Authorizer {
     metrics: Arc<Metrics>,
     log_decisions: bool,
     forward_token: bool,
+    hasher: TokenHasher,
+    counters: DecisionCounters,
+}
+
+/// Handles on the most frequent decision counters, resolved once instead of per request.
+struct DecisionCounters {
+    allowed: Counter,
+    unauthenticated: Counter,
+    forbidden: Counter,
 }
 
 impl Authorizer {
@@ -90,7 +99,21 @@ impl Authorizer {
         metrics: Arc<Metrics>,
         config: &crate::config::Config,
     ) -> Self {
-        Self { verifier, policy, metrics, log_decisions: config.log.decisions, forward_token: config.jwt.forward_token }
+        let counter = |outcome, status| metrics.decisions.get_or_create(&DecisionLabels { outcome, status }).clone();
+        let counters = DecisionCounters {
+            allowed: counter("allow", 200),
+            unauthenticated: counter("deny", 401),
+            forbidden: counter("deny", 403),
+        };
+        Self {
+            verifier,
+            policy,
+            counters,
+            metrics,
+            log_decisions: config.log.decisions,
+            forward_token: config.jwt.forward_token,
+            hasher: TokenHasher::random(),
+        }
     }
 
     /// Decides one request. Never fails: every error is a denial.
@@ -105,13 +128,13 @@ impl Authorizer {
 
         let mut cached = false;
         let evaluated = bundle.as_deref().ok_or(Denial::NoPolicy).and_then(|bundle| {
-            let cache = bundle.decision_cache().map(|c| (c, decision_key(&identity, http)));
+            let cache = bundle.decision_cache().map(|c| (c, decision_key(&self.hasher, &identity, http)));
             if let Some(decision) = cache.as_ref().and_then(|(c, key)| c.get(key)) {
                 cached = true;
                 return Ok(decision);
             }
             let input = input::build(request, identity.as_deref())?;
-            let decision = Arc::new(Decision::from_value(&bundle.evaluate(input)?)?);
+            let decision = shared(Decision::from_value(&bundle.evaluate(input)?)?);
             if let Some((c, key)) = cache {
                 c.insert(key, decision.clone());
             }
@@ -133,10 +156,12 @@ impl Authorizer {
         };
         let allowed = status == 200;
         response.dynamic_metadata = Some(metadata(&decision_id, revision, allowed, status));
-        self.metrics
-            .decisions
-            .get_or_create(&DecisionLabels { outcome: if allowed { "allow" } else { "deny" }, status })
-            .inc();
+        match status {
+            200 => self.counters.allowed.inc(),
+            401 => self.counters.unauthenticated.inc(),
+            403 => self.counters.forbidden.inc(),
+            _ => self.metrics.decisions.get_or_create(&DecisionLabels { outcome: "deny", status }).inc(),
+        };
         self.metrics.decision_seconds.observe(started.elapsed().as_secs_f64());
         if self.log_decisions {
             // The query string may carry secrets: only the path is logged.
@@ -159,21 +184,36 @@ impl Authorizer {
     }
 }
 
+/// Plain allow and deny decisions are by far the most common: one shared copy each keeps
+/// the decision cache small.
+fn shared(decision: Decision) -> Arc<Decision> {
+    static ALLOW: LazyLock<Arc<Decision>> =
+        LazyLock::new(|| Arc::new(Decision { allowed: true, ..Decision::default() }));
+    static DENY: LazyLock<Arc<Decision>> = LazyLock::new(|| Arc::new(Decision::default()));
+    match decision {
+        d if d == **ALLOW => ALLOW.clone(),
+        d if d == **DENY => DENY.clone(),
+        d => Arc::new(d),
+    }
+}
+
 /// What a cacheable policy's decision depends on: the exact token (or why there is none),
 /// the method and the path with its query.
-fn decision_key(identity: &Result<Arc<Identity>, IdentityError>, http: Option<&HttpRequest>) -> [u8; 32] {
-    let mut hasher = Sha256::new();
-    match identity {
-        Ok(identity) => hasher.update(identity.token_hash),
-        Err(error) => hasher.update(error.code()),
-    }
-    if let Some(http) = http {
-        hasher.update([0]);
-        hasher.update(&http.method);
-        hasher.update([0]);
-        hasher.update(&http.path);
-    }
-    hasher.finalize().into()
+fn decision_key(
+    hasher: &TokenHasher,
+    identity: &Result<Arc<Identity>, IdentityError>,
+    http: Option<&HttpRequest>,
+) -> u128 {
+    let token_hash;
+    let who: &[u8] = match identity {
+        Ok(identity) => {
+            token_hash = identity.token_hash.to_le_bytes();
+            &token_hash
+        }
+        Err(error) => error.code().as_bytes(),
+    };
+    let (method, path) = http.map(|h| (h.method.as_bytes(), h.path.as_bytes())).unwrap_or_default();
+    hasher.hash_parts(&[who, method, path])
 }
 
 fn allow(
@@ -267,7 +307,7 @@ fn header_safe(value: &str) -> bool {
 
 fn metadata(decision_id: &str, revision: &str, allowed: bool, status: u16) -> Struct {
     let string = |s: &str| PbValue { kind: Some(Kind::StringValue(s.to_string())) };
-    let mut fields = std::collections::HashMap::new();
+    let mut fields = std::collections::HashMap::with_capacity(4);
     fields.insert(DECISION_ID_KEY.to_string(), string(decision_id));
     fields.insert("bundle_revision".to_string(), string(revision));
     fields.insert("allowed".to_string(), PbValue { kind: Some(Kind::BoolValue(allowed)) });

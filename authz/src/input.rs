@@ -65,7 +65,9 @@ pub fn build(request: &CheckRequest, identity: IdentityResult<'_>) -> Result<Val
         }
     }
     match identity {
-        Ok(identity) => input.put("identity", identity.claims.clone()),
+        // The claims were parsed as JSON when the token was verified; should that ever fail
+        // here, `identity` is left out and the request is treated as anonymous.
+        Ok(identity) => input.put("identity", Value::from_json_str(&identity.claims_json).unwrap_or(Value::Undefined)),
         Err(error) => input.put("identity_error", error.code()),
     }
     Ok(input.into_value())

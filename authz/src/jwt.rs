@@ -11,7 +11,6 @@ use base64::Engine as _;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
 use moka::sync::Cache;
-use sha2::{Digest, Sha256};
 
 use crate::config::JwtConfig;
 use crate::keys::{KeySet, VerifyKey};
@@ -23,12 +22,13 @@ pub struct Identity {
     pub subject: String,
     /// The `roles` claim (empty when absent).
     pub roles: Vec<String>,
-    /// All claims, ready to be placed at `input.identity`.
-    pub claims: regorus::Value,
+    /// All claims as JSON, placed at `input.identity` when a policy is evaluated. Kept as
+    /// text: a parsed document costs several times the memory, for every cached token.
+    pub claims_json: Box<str>,
     /// `exp`, seconds since the epoch.
     pub expires_at: u64,
-    /// SHA-256 of the token: a stable, secret-free handle on this exact token.
-    pub token_hash: [u8; 32],
+    /// Keyed 128-bit hash of the token: a handle on this exact token that reveals nothing.
+    pub token_hash: u128,
     key: Arc<VerifyKey>,
 }
 
@@ -96,7 +96,8 @@ impl IdentityError {
 /// Verifies bearer tokens against the current key set, with a bounded cache.
 pub struct TokenVerifier {
     keys: ArcSwap<Option<KeySet>>,
-    cache: Cache<[u8; 32], Arc<Identity>>,
+    cache: Cache<u128, Arc<Identity>, PrehashedKey>,
+    hash_key: TokenHasher,
     rs256: Validation,
     es256: Validation,
     leeway: u64,
@@ -117,10 +118,14 @@ impl TokenVerifier {
             v
         };
         let leeway = config.leeway_secs;
-        let cache = Cache::builder().max_capacity(config.cache_capacity).expire_after(UntilExpiry { leeway }).build();
+        let cache = Cache::builder()
+            .max_capacity(config.cache_capacity)
+            .expire_after(UntilExpiry { leeway })
+            .build_with_hasher(PrehashedKey);
         Self {
             keys: ArcSwap::from_pointee(None),
             cache,
+            hash_key: TokenHasher::random(),
             rs256: validation(Algorithm::RS256),
             es256: validation(Algorithm::ES256),
             leeway,
@@ -156,7 +161,7 @@ impl TokenVerifier {
     pub fn verify(&self, token: &str) -> Result<Arc<Identity>, IdentityError> {
         let keys = self.keys.load();
         let keys = keys.as_ref().as_ref().ok_or(IdentityError::NoKeys)?;
-        let cache_key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let cache_key = self.hash_key.hash(token.as_bytes());
         if let Some(identity) = self.cache.get(&cache_key) {
             let key_still_there = keys.get(&identity.key.kid).is_some_and(|k| Arc::ptr_eq(k, &identity.key));
             if key_still_there && identity.expires_at + self.leeway > now_secs() {
@@ -173,10 +178,10 @@ impl TokenVerifier {
     pub fn verify_uncached(&self, token: &str) -> Result<Identity, IdentityError> {
         let keys = self.keys.load();
         let keys = keys.as_ref().as_ref().ok_or(IdentityError::NoKeys)?;
-        self.verify_with(token, keys, Sha256::digest(token.as_bytes()).into())
+        self.verify_with(token, keys, self.hash_key.hash(token.as_bytes()))
     }
 
-    fn verify_with(&self, token: &str, keys: &KeySet, token_hash: [u8; 32]) -> Result<Identity, IdentityError> {
+    fn verify_with(&self, token: &str, keys: &KeySet, token_hash: u128) -> Result<Identity, IdentityError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| classify_bad_header(token))?;
         if !matches!(header.alg, Algorithm::RS256 | Algorithm::ES256) {
             return Err(IdentityError::UnsupportedAlgorithm);
@@ -208,11 +213,77 @@ impl TokenVerifier {
         Ok(Identity {
             subject,
             roles,
-            claims: serde_json::from_value(serde_json::Value::Object(claims)).map_err(|_| IdentityError::Malformed)?,
+            claims_json: serde_json::Value::Object(claims).to_string().into_boxed_str(),
             expires_at,
             token_hash,
             key: key.clone(),
         })
+    }
+}
+
+/// SipHash-1-3 (128-bit) under a key drawn at startup: a PRF, so nobody who does not know
+/// the key can make a token collide with another one's cache entry, at a fraction of
+/// SHA-256's cost on the hot path.
+#[derive(Clone)]
+pub struct TokenHasher(siphasher::sip128::SipHasher13);
+
+impl TokenHasher {
+    /// A hasher with a fresh random key.
+    pub fn random() -> Self {
+        use rand::RngCore;
+        let mut key = [0u8; 16];
+        rand::rngs::OsRng.fill_bytes(&mut key);
+        Self(siphasher::sip128::SipHasher13::new_with_key(&key))
+    }
+
+    /// The 128-bit hash of `parts`, each length-prefixed so that no two splits collide.
+    pub fn hash_parts(&self, parts: &[&[u8]]) -> u128 {
+        use siphasher::sip128::Hasher128;
+        use std::hash::Hasher;
+        let mut h = self.0;
+        for part in parts {
+            h.write_usize(part.len());
+            h.write(part);
+        }
+        h.finish128().as_u128()
+    }
+
+    /// The 128-bit hash of `bytes`.
+    pub fn hash(&self, bytes: &[u8]) -> u128 {
+        self.hash_parts(&[bytes])
+    }
+}
+
+/// Cache keys here are already keyed-hash outputs: hashing them again (moka's default is
+/// SipHash) is pure cost. This hasher passes their low 64 bits through.
+#[derive(Clone, Copy, Default, Debug)]
+pub struct PrehashedKey;
+
+impl std::hash::BuildHasher for PrehashedKey {
+    type Hasher = PassThrough;
+    fn build_hasher(&self) -> PassThrough {
+        PassThrough(0)
+    }
+}
+
+/// The [`PrehashedKey`] hasher: keeps the last integer written.
+#[derive(Debug)]
+pub struct PassThrough(u64);
+
+impl std::hash::Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only reached for non-integer keys; fold them in so the hasher stays correct.
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(word);
+        }
+    }
+    fn write_u128(&mut self, value: u128) {
+        self.0 = value as u64;
     }
 }
 
@@ -262,8 +333,8 @@ struct UntilExpiry {
     leeway: u64,
 }
 
-impl moka::Expiry<[u8; 32], Arc<Identity>> for UntilExpiry {
-    fn expire_after_create(&self, _key: &[u8; 32], identity: &Arc<Identity>, _now: Instant) -> Option<Duration> {
+impl moka::Expiry<u128, Arc<Identity>> for UntilExpiry {
+    fn expire_after_create(&self, _key: &u128, identity: &Arc<Identity>, _now: Instant) -> Option<Duration> {
         Some(Duration::from_secs((identity.expires_at + self.leeway).saturating_sub(now_secs())))
     }
 }

@@ -19,6 +19,7 @@ use regorus::{Engine, Value};
 use sha2::{Digest, Sha256};
 
 use crate::decision::Decision;
+use crate::jwt::PrehashedKey;
 
 /// How a bundle is loaded and evaluated.
 #[derive(Debug, Clone)]
@@ -105,7 +106,7 @@ pub struct PolicyBundle {
     decision_rule: Option<String>,
     tests: Vec<String>,
     files: usize,
-    decisions: Option<Cache<[u8; 32], Arc<Decision>>>,
+    decisions: Option<Cache<u128, Arc<Decision>, PrehashedKey>>,
 }
 
 impl std::fmt::Debug for PolicyBundle {
@@ -118,6 +119,9 @@ impl std::fmt::Debug for PolicyBundle {
             .finish()
     }
 }
+
+/// Time limit of the evaluation that prepares a freshly loaded bundle.
+const PREPARE_TIMEOUT: Duration = Duration::from_secs(30);
 
 static NEXT_BUNDLE_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -166,10 +170,10 @@ impl PolicyBundle {
         // Builtin errors (bad arguments, division by zero) become evaluation errors and so
         // denials, instead of silently undefined values.
         engine.set_strict_builtin_errors(true);
-        engine.set_execution_timer_config(ExecutionTimerConfig {
-            limit: options.eval_timeout,
-            check_interval: NonZeroU32::MIN,
-        });
+        // The first evaluation prepares the engine, which takes far longer than a request may:
+        // it gets a generous limit, requests get the configured one.
+        let timer = |limit| ExecutionTimerConfig { limit, check_interval: NonZeroU32::MIN };
+        engine.set_execution_timer_config(timer(options.eval_timeout.max(PREPARE_TIMEOUT)));
         let files = rego.len() + data.len();
         for (path, text) in rego {
             hash_file(&mut hasher, root, &path, &text);
@@ -205,12 +209,13 @@ impl PolicyBundle {
                 .eval_rule(rule.clone())
                 .map_err(|e| PolicyError::Compile { rule: rule.clone(), message: e.to_string() })?;
         }
+        engine.set_execution_timer_config(timer(options.eval_timeout));
         let decisions = match &options.decision_rule {
             Some(rule) if options.decision_cache_capacity > 0 && declares_cacheable(&mut engine, rule, &rules) => Some(
                 Cache::builder()
                     .max_capacity(options.decision_cache_capacity)
                     .time_to_live(options.decision_cache_ttl)
-                    .build(),
+                    .build_with_hasher(PrehashedKey),
             ),
             _ => None,
         };
@@ -253,7 +258,7 @@ impl PolicyBundle {
 
     /// The decision cache, when the bundle declared its decisions cacheable. It lives and
     /// dies with the bundle, so a reload never serves a decision of the old policy.
-    pub fn decision_cache(&self) -> Option<&Cache<[u8; 32], Arc<Decision>>> {
+    pub fn decision_cache(&self) -> Option<&Cache<u128, Arc<Decision>, PrehashedKey>> {
         self.decisions.as_ref()
     }
 

@@ -126,13 +126,48 @@ pub fn run(plan: &Plan, bins: &Binaries, work: &Path) -> anyhow::Result<Vec<Row>
     let token = key.sign(&long);
 
     let mut setups = vec![
-        Setup { name: "(a) Envoy alone (direct_response)".into(), filters: Filters::None, backend: Backend::None, load: Load::H2load { path: "/v1/jobs/42" } },
-        Setup { name: "(b) Envoy jwt_authn + rbac".into(), filters: Filters::JwtRbac { cache: false }, backend: Backend::None, load: Load::H2load { path: "/v1/jobs/42" } },
-        Setup { name: "(b') same, jwt_authn token cache on".into(), filters: Filters::JwtRbac { cache: true }, backend: Backend::None, load: Load::H2load { path: "/v1/jobs/42" } },
-        Setup { name: "(e) ext_authz → do-nothing tonic server".into(), filters: Filters::ExtAuthz, backend: Backend::Noop, load: Load::H2load { path: "/v1/jobs/42" } },
-        Setup { name: "(c) ext_authz → authz, RS256 + RBAC".into(), filters: Filters::ExtAuthz, backend: Backend::Authz, load: Load::H2load { path: "/v1/jobs/42" } },
-        Setup { name: "(d) authz, denied (403)".into(), filters: Filters::ExtAuthz, backend: Backend::Authz, load: Load::H2load { path: "/v1/admin/jobs" } },
-        Setup { name: "(c) authz, 1 token via loadgen".into(), filters: Filters::ExtAuthz, backend: Backend::Authz, load: Load::Rotating { count: 1 } },
+        Setup {
+            name: "(a) Envoy alone (direct_response)".into(),
+            filters: Filters::None,
+            backend: Backend::None,
+            load: Load::H2load { path: "/v1/jobs/42" },
+        },
+        Setup {
+            name: "(b) Envoy jwt_authn + rbac".into(),
+            filters: Filters::JwtRbac { cache: false },
+            backend: Backend::None,
+            load: Load::H2load { path: "/v1/jobs/42" },
+        },
+        Setup {
+            name: "(b') same, jwt_authn token cache on".into(),
+            filters: Filters::JwtRbac { cache: true },
+            backend: Backend::None,
+            load: Load::H2load { path: "/v1/jobs/42" },
+        },
+        Setup {
+            name: "(e) ext_authz → do-nothing tonic server".into(),
+            filters: Filters::ExtAuthz,
+            backend: Backend::Noop,
+            load: Load::H2load { path: "/v1/jobs/42" },
+        },
+        Setup {
+            name: "(c) ext_authz → authz, RS256 + RBAC".into(),
+            filters: Filters::ExtAuthz,
+            backend: Backend::Authz,
+            load: Load::H2load { path: "/v1/jobs/42" },
+        },
+        Setup {
+            name: "(d) authz, denied (403)".into(),
+            filters: Filters::ExtAuthz,
+            backend: Backend::Authz,
+            load: Load::H2load { path: "/v1/admin/jobs" },
+        },
+        Setup {
+            name: "(c) authz, 1 token via loadgen".into(),
+            filters: Filters::ExtAuthz,
+            backend: Backend::Authz,
+            load: Load::Rotating { count: 1 },
+        },
     ];
     for count in &plan.rotations {
         setups.push(Setup {
@@ -215,14 +250,26 @@ fn run_one(
         .replace("{{AUTHZ_PORT}}", &backend_port.to_string());
     let config_path = work.join("envoy.yaml");
     std::fs::write(&config_path, config)?;
-    let envoy_args: Vec<String> =
-        ["-c", &config_path.display().to_string(), "--concurrency", "1", "--disable-hot-restart", "--log-level", "error"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+    let envoy_args: Vec<String> = [
+        "-c",
+        &config_path.display().to_string(),
+        "--concurrency",
+        "1",
+        "--disable-hot-restart",
+        "--log-level",
+        "error",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     let envoy = pinned(&bins.envoy, "0", &envoy_args, &work.join("envoy.log"))?;
-    wait_ready(&format!("http://127.0.0.1:{admin_port}/ready"), &envoy)
-        .map_err(|e| anyhow::anyhow!("{e}\nconfig {}:\n{}", config_path.display(), std::fs::read_to_string(&config_path).unwrap_or_default()))?;
+    wait_ready(&format!("http://127.0.0.1:{admin_port}/ready"), &envoy).map_err(|e| {
+        anyhow::anyhow!(
+            "{e}\nconfig {}:\n{}",
+            config_path.display(),
+            std::fs::read_to_string(&config_path).unwrap_or_default()
+        )
+    })?;
     if let Some(backend) = &backend {
         std::thread::sleep(Duration::from_millis(300));
         anyhow::ensure!(backend.pid().is_some(), "backend did not start");
@@ -247,7 +294,7 @@ fn run_one(
             let log = tempfile::NamedTempFile::new()?;
             let rd = format!("{}s", plan.rate_seconds);
             h2load(&url(path), token, &["-c", &c, "-m", "1", "--rps", &per_client, "-D", &rd], Some(log.path()))?;
-            row.fixed_rate_ms = percentiles(log.path())?.map(|(p50, p99)| (p50, p99));
+            row.fixed_rate_ms = percentiles(log.path())?;
             let log = tempfile::NamedTempFile::new()?;
             let n = plan.unloaded_requests.to_string();
             h2load(&url(path), token, &["-c", "1", "-m", "1", "-n", &n], Some(log.path()))?;
@@ -399,13 +446,14 @@ fn jwks(key: &SigningKey) -> String {
     .to_string()
 }
 
-/// Instructions per decision, from callgrind runs of `decide` at two sizes.
-pub fn instructions_per_decision(decide: &Path, cache: bool, small: u64, large: u64) -> anyhow::Result<f64> {
+/// Instructions per decision: callgrind counts only inside `decide`'s decision loop.
+pub fn instructions_per_decision(decide: &Path, cache: bool, n: u64) -> anyhow::Result<f64> {
     let run = |n: u64| -> anyhow::Result<f64> {
         let out = tempfile::NamedTempFile::new()?;
         let mut command = Command::new("valgrind");
         command
             .arg("--tool=callgrind")
+            .arg("--toggle-collect=qiria_decisions")
             .arg(format!("--callgrind-out-file={}", out.path().display()))
             .arg(decide)
             .arg(n.to_string());
@@ -422,5 +470,5 @@ pub fn instructions_per_decision(decide: &Path, cache: bool, small: u64, large: 
             .and_then(|v| v.parse().ok())
             .ok_or_else(|| anyhow::anyhow!("no instruction total in the callgrind profile"))
     };
-    Ok((run(large)? - run(small)?) / (large - small) as f64)
+    Ok(run(n)? / n as f64)
 }

@@ -8,7 +8,11 @@ use crate::envoy_bench::{Plan, Row};
 fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "unknown".into())
 }
 
@@ -82,7 +86,12 @@ pub fn render(rows: &[Row], instructions: &[(&str, anyhow::Result<f64>)], plan: 
     let cpu = |r: Option<&Row>| r.and_then(|r| r.backend_cpu_us);
     target("authz CPU per decision, cached token (c) ≤ 1.5 × floor (e)", cpu(ours), cpu(floor).map(|f| 1.5 * f), "µs");
     if let Some(rot) = rows.iter().find(|r| r.name.contains("rotating") && !r.name.contains("100000")) {
-        target(&format!("authz CPU per decision, {} ≤ 40 µs", rot.name.trim_start_matches("(d) authz, ")), rot.backend_cpu_us, Some(40.0), "µs");
+        target(
+            &format!("authz CPU per decision, {} ≤ 40 µs", rot.name.trim_start_matches("(d) authz, ")),
+            rot.backend_cpu_us,
+            Some(40.0),
+            "µs",
+        );
     }
     target(
         "(c) max req/s ≥ 0.9 × (e): (e) × 0.9 − (c), must be ≤ 0",

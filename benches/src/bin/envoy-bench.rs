@@ -29,11 +29,11 @@ fn main() -> anyhow::Result<()> {
     let work = tempfile::tempdir()?;
     eprintln!("load through Envoy ({}):", if args.smoke { "smoke" } else { "full" });
     let rows = envoy_bench::run(&plan, &bins, work.path())?;
-    let (small, large) = if args.smoke { (20, 120) } else { (1_000, 11_000) };
+    let n = if args.smoke { 100 } else { 10_000 };
     let decide = dir.join("decide");
     let instructions = [
-        ("decision cache hit", envoy_bench::instructions_per_decision(&decide, true, small, large)),
-        ("policy evaluated", envoy_bench::instructions_per_decision(&decide, false, small, large)),
+        ("decision cache hit", envoy_bench::instructions_per_decision(&decide, true, n)),
+        ("policy evaluated", envoy_bench::instructions_per_decision(&decide, false, n)),
     ];
     let report = qiria_benches::report::render(&rows, &instructions, &plan, args.smoke);
     println!("{report}");

@@ -36,8 +36,9 @@ struct Tally {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let tokens: Arc<Vec<String>> =
-        Arc::new(std::fs::read_to_string(&args.tokens)?.lines().map(str::to_string).filter(|l| !l.is_empty()).collect());
+    let tokens: Arc<Vec<String>> = Arc::new(
+        std::fs::read_to_string(&args.tokens)?.lines().map(str::to_string).filter(|l| !l.is_empty()).collect(),
+    );
     anyhow::ensure!(!tokens.is_empty(), "no tokens in {}", args.tokens.display());
     let duration = Duration::from_secs_f64(args.seconds.clamp(0.1, 600.0));
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
