@@ -18,7 +18,7 @@ use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value as PbValue};
 use futures_util::FutureExt;
 use regorus::Value;
 
-use crate::jwt::{Identity, IdentityError};
+use crate::jwt::{self, Identity, IdentityError};
 
 /// Header Envoy sets when `with_request_body` forwarded only part of the body.
 const PARTIAL_BODY_HEADER: &str = "x-envoy-auth-partial-body";
@@ -65,9 +65,14 @@ pub fn build(request: &CheckRequest, identity: IdentityResult<'_>) -> Result<Val
         }
     }
     match identity {
-        // The claims were parsed as JSON when the token was verified; should that ever fail
-        // here, `identity` is left out and the request is treated as anonymous.
-        Ok(identity) => input.put("identity", Value::from_json_str(&identity.claims_json).unwrap_or(Value::Undefined)),
+        // `identity` is this request's own token, verified; its claims parsed as JSON then,
+        // so a failure here cannot happen, and would leave the request anonymous if it did.
+        Ok(_) => {
+            let token = http.headers.get("authorization").and_then(|h| jwt::bearer_token(h));
+            if let Some(claims) = token.and_then(jwt::verified_claims) {
+                input.put("identity", claims);
+            }
+        }
         Err(error) => input.put("identity_error", error.code()),
     }
     Ok(input.into_value())

@@ -22,9 +22,6 @@ pub struct Identity {
     pub subject: String,
     /// The `roles` claim (empty when absent).
     pub roles: Vec<String>,
-    /// All claims as JSON, placed at `input.identity` when a policy is evaluated. Kept as
-    /// text: a parsed document costs several times the memory, for every cached token.
-    pub claims_json: Box<str>,
     /// `exp`, seconds since the epoch.
     pub expires_at: u64,
     /// Keyed 128-bit hash of the token: a handle on this exact token that reveals nothing.
@@ -210,14 +207,7 @@ impl TokenVerifier {
             Some(_) => return Err(IdentityError::MissingClaim),
         };
         let expires_at = claims.get("exp").and_then(|e| e.as_u64()).ok_or(IdentityError::MissingClaim)?;
-        Ok(Identity {
-            subject,
-            roles,
-            claims_json: serde_json::Value::Object(claims).to_string().into_boxed_str(),
-            expires_at,
-            token_hash,
-            key: key.clone(),
-        })
+        Ok(Identity { subject, roles, expires_at, token_hash, key: key.clone() })
     }
 }
 
@@ -287,8 +277,17 @@ impl std::hash::Hasher for PassThrough {
     }
 }
 
+/// The claims of a token, for `input.identity`. Only call it on a token that verified: the
+/// cache keeps identities small by not holding the claims, which are read again from the
+/// request's own token when a policy needs them.
+pub fn verified_claims(token: &str) -> Option<regorus::Value> {
+    let payload = token.split('.').nth(1)?;
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?;
+    regorus::Value::from_json_str(std::str::from_utf8(&json).ok()?).ok()
+}
+
 /// Extracts the token from `Bearer <token>` (scheme case-insensitive, RFC 6750).
-fn bearer_token(header: &str) -> Option<&str> {
+pub fn bearer_token(header: &str) -> Option<&str> {
     let (scheme, token) = header.split_once(' ')?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
