@@ -1,5 +1,5 @@
 //! Typed audit events: security-relevant changes of the service's own state (which policy
-//! and which keys decide). They go to the `qiria::audit` tracing target, so a subscriber can
+//! and which keys decide) and of the issuer (logins, refreshes, reuse, revocation). They go to the `qiria::audit` tracing target, so a subscriber can
 //! route them to the tamper-evident trail and the SIEM without parsing free text.
 
 use tracing::{info, warn};
@@ -33,6 +33,47 @@ pub enum AuditEvent<'a> {
         /// Why.
         error: &'a str,
     },
+    /// A password login succeeded.
+    LoginSucceeded {
+        /// User id.
+        user: &'a str,
+        /// Client address as Envoy saw it.
+        client_ip: &'a str,
+    },
+    /// A password login failed (unknown user, wrong password or disabled: not said which).
+    LoginFailed {
+        /// The username tried.
+        username: &'a str,
+        /// Client address.
+        client_ip: &'a str,
+    },
+    /// A refresh token was exchanged for a new pair.
+    TokenRefreshed {
+        /// User id.
+        user: &'a str,
+        /// Client address.
+        client_ip: &'a str,
+    },
+    /// An already-rotated refresh token came back: its family was revoked.
+    RefreshReuse {
+        /// User id.
+        user: &'a str,
+        /// The family revoked.
+        family: &'a str,
+        /// How many tokens that revoked.
+        revoked: u64,
+        /// Client address.
+        client_ip: &'a str,
+    },
+    /// A refresh token family was revoked on request (RFC 7009).
+    TokenRevoked {
+        /// User id.
+        user: &'a str,
+        /// How many tokens that revoked.
+        revoked: u64,
+        /// Client address.
+        client_ip: &'a str,
+    },
 }
 
 /// Emits an audit event.
@@ -46,5 +87,20 @@ pub fn record(event: AuditEvent<'_>) {
             info!(target: "qiria::audit", event = "keyset_activated", fingerprint, kids = ?kids)
         }
         AuditEvent::KeySetRejected { error } => warn!(target: "qiria::audit", event = "keyset_rejected", error),
+        AuditEvent::LoginSucceeded { user, client_ip } => {
+            info!(target: "qiria::audit", event = "login_succeeded", user, client_ip)
+        }
+        AuditEvent::LoginFailed { username, client_ip } => {
+            warn!(target: "qiria::audit", event = "login_failed", username, client_ip)
+        }
+        AuditEvent::TokenRefreshed { user, client_ip } => {
+            info!(target: "qiria::audit", event = "token_refreshed", user, client_ip)
+        }
+        AuditEvent::RefreshReuse { user, family, revoked, client_ip } => {
+            warn!(target: "qiria::audit", event = "refresh_token_reuse", user, family, revoked, client_ip)
+        }
+        AuditEvent::TokenRevoked { user, revoked, client_ip } => {
+            info!(target: "qiria::audit", event = "token_revoked", user, revoked, client_ip)
+        }
     }
 }

@@ -26,7 +26,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the ext_authz gRPC service (config: defaults < --config TOML < QIRIA_AUTHZ_* env < flags).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Policy tools for security teams.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -36,6 +36,95 @@ pub enum Command {
     /// Token tools (development and tests; production tokens come from the issuer).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Manage the issuer's users (the admin API is the other way, through Envoy).
+    Users(UsersArgs),
+}
+
+/// `authz users …`
+#[derive(Debug, Args)]
+pub struct UsersArgs {
+    /// The issuer's database [default: sqlite://.stack/qiria.db].
+    #[arg(long, env = "QIRIA_AUTHZ_ISSUER__DATABASE_URL", default_value = "sqlite://.stack/qiria.db")]
+    pub database_url: String,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: UsersCommand,
+}
+
+/// User management.
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// Add a user; the password is read from standard input (one line).
+    Add {
+        /// Login name.
+        #[arg(long)]
+        username: String,
+        /// Roles, comma-separated (Admin, User, Auditor).
+        #[arg(long, value_delimiter = ',')]
+        roles: Vec<String>,
+    },
+    /// Replace a user's roles.
+    SetRoles {
+        /// Login name.
+        #[arg(long)]
+        username: String,
+        /// Roles, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        roles: Vec<String>,
+    },
+    /// Disable a user: no login, no refresh.
+    Disable {
+        /// Login name.
+        #[arg(long)]
+        username: String,
+    },
+    /// List users (never passwords).
+    List,
+}
+
+/// Runs `authz users …`; returns what to print.
+pub async fn users(args: UsersArgs, stdin: &mut impl std::io::BufRead) -> anyhow::Result<String> {
+    let store = crate::store::Store::open(&args.database_url).await?;
+    match args.command {
+        UsersCommand::Add { username, roles } => {
+            let mut password = String::new();
+            stdin.read_line(&mut password)?;
+            let password = password.trim_end_matches(['\r', '\n']);
+            anyhow::ensure!(password.len() >= 12, "the password must have at least 12 characters");
+            let user = crate::store::User {
+                id: uuid::Uuid::new_v4().to_string(),
+                username,
+                password_hash: crate::issuer::hash_password(password)?,
+                roles,
+                disabled: false,
+            };
+            store.add_user(&user).await?;
+            Ok(user.id)
+        }
+        UsersCommand::SetRoles { username, roles } => {
+            store.set_roles(&username, &roles).await?;
+            Ok(String::new())
+        }
+        UsersCommand::Disable { username } => {
+            store.disable(&username).await?;
+            Ok(String::new())
+        }
+        UsersCommand::List => Ok(store
+            .users()
+            .await?
+            .iter()
+            .map(|u| {
+                format!(
+                    "{}\t{}\t{}\t{}",
+                    u.id,
+                    u.username,
+                    u.roles.join(","),
+                    if u.disabled { "disabled" } else { "active" }
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")),
+    }
 }
 
 /// Flags of `authz serve`; each overrides the same key of the TOML file and environment.
@@ -80,6 +169,18 @@ pub struct ServeArgs {
     /// Clock-skew leeway for exp/nbf in seconds, at most 60 [default: 30].
     #[arg(long)]
     pub leeway_secs: Option<u64>,
+    /// Serve the token endpoints (issuer.enabled).
+    #[arg(long)]
+    pub issue_tokens: bool,
+    /// Address of the token endpoints [default: 127.0.0.1:9193].
+    #[arg(long)]
+    pub token_addr: Option<String>,
+    /// Directory of signing keys (PKCS#8 PEM, `active` file names the signing kid).
+    #[arg(long)]
+    pub signing_keys_dir: Option<PathBuf>,
+    /// Issuer database: sqlite://FILE or postgres://… [default: sqlite://.stack/qiria.db].
+    #[arg(long)]
+    pub database_url: Option<String>,
     /// Log format [default: json].
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
@@ -111,6 +212,10 @@ impl ServeArgs {
         set("jwt.issuers", (!self.issuers.is_empty()).then(|| self.issuers.clone().into()));
         set("jwt.audiences", (!self.audiences.is_empty()).then(|| self.audiences.clone().into()));
         set("jwt.leeway_secs", self.leeway_secs.map(Into::into));
+        set("issuer.enabled", self.issue_tokens.then(|| true.into()));
+        set("issuer.addr", s(&self.token_addr));
+        set("issuer.signing_keys_dir", p(&self.signing_keys_dir));
+        set("issuer.database_url", s(&self.database_url));
         set("log.format", self.log_format.map(|f| format!("{f:?}").to_lowercase().into()));
         set("log.level", s(&self.log_level));
         f

@@ -23,6 +23,8 @@ pub struct Config {
     pub policy: PolicyConfig,
     /// How bearer tokens are verified.
     pub jwt: JwtConfig,
+    /// The token issuer (off unless enabled).
+    pub issuer: IssuerConfig,
     /// Log format and level.
     pub log: LogConfig,
 }
@@ -87,6 +89,49 @@ pub struct JwtConfig {
     /// upstream gets the verified identity in `x-qiria-*` headers and never sees the token.
     pub forward_token: bool,
 }
+
+/// The token issuer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IssuerConfig {
+    /// Serve the token endpoints.
+    pub enabled: bool,
+    /// Address of the token endpoints (reached through Envoy).
+    pub addr: SocketAddr,
+    /// Directory of PKCS#8 private keys (the signing secret); `<kid>.pem` each.
+    pub signing_keys_dir: PathBuf,
+    /// The kid that signs; unset: the `active` file of the directory, or its only key.
+    pub active_kid: Option<String>,
+    /// `sqlite://FILE` (created on first run) or `postgres://…`.
+    pub database_url: String,
+    /// `iss` of issued tokens (defaults to the first of `jwt.issuers`).
+    pub issuer: Option<String>,
+    /// `aud` of issued tokens (defaults to the first of `jwt.audiences`).
+    pub audience: Option<String>,
+    /// Access token lifetime in seconds (at most 3600).
+    pub access_ttl_secs: u64,
+    /// Refresh token lifetime in seconds.
+    pub refresh_ttl_secs: u64,
+}
+
+impl Default for IssuerConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            addr: SocketAddr::from(([127, 0, 0, 1], 9193)),
+            signing_keys_dir: PathBuf::from(".stack/keys/private"),
+            active_kid: None,
+            database_url: "sqlite://.stack/qiria.db".into(),
+            issuer: None,
+            audience: None,
+            access_ttl_secs: 300,
+            refresh_ttl_secs: 8 * 3600,
+        }
+    }
+}
+
+/// The longest access token lifetime we issue: they cannot be revoked.
+pub const MAX_ACCESS_TTL_SECS: u64 = 3600;
 
 /// Log format and level.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -211,6 +256,12 @@ impl Config {
         }
         if !self.policy.decision_rule.starts_with("data.") {
             return invalid("policy.decision_rule", "must be a rule path starting with `data.`");
+        }
+        if self.issuer.access_ttl_secs == 0 || self.issuer.access_ttl_secs > MAX_ACCESS_TTL_SECS {
+            return invalid("issuer.access_ttl_secs", "must be between 1 and 3600");
+        }
+        if self.issuer.refresh_ttl_secs < self.issuer.access_ttl_secs {
+            return invalid("issuer.refresh_ttl_secs", "must be at least issuer.access_ttl_secs");
         }
         if self.policy.eval_timeout_ms == 0 {
             return invalid("policy.eval_timeout_ms", "must be at least 1");

@@ -6,6 +6,9 @@
 //! Rego bundle → `decision` reads the result → `check` answers Envoy.
 //! `server` wires them together; `config` says how; `watch` keeps keys and policies fresh;
 //! `metrics` and `audit` report what happened.
+//!
+//! The issuing side: `token_api` serves OAuth endpoints over `issuer`, which signs with
+//! `signing` keys and keeps users and refresh tokens in the `store`.
 
 pub mod audit;
 pub mod check;
@@ -13,9 +16,13 @@ pub mod cli;
 pub mod config;
 pub mod decision;
 pub mod input;
+pub mod issuer;
 pub mod jwt;
 pub mod keys;
 pub mod metrics;
 pub mod policy;
 pub mod server;
+pub mod signing;
+pub mod store;
+pub mod token_api;
 pub mod watch;

@@ -9,7 +9,7 @@ use clap::Parser;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Policy(PolicyCommand::Test { dir, rego_v0 }) => {
             cli::policy_test(&dir, rego_v0, &mut std::io::stdout()).map(|ok| {
                 if ok {
@@ -29,6 +29,17 @@ fn main() -> ExitCode {
             println!("{kid}");
             ExitCode::SUCCESS
         }),
+        Command::Users(args) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(cli::users(args, &mut std::io::stdin().lock())))
+            .map(|out| {
+                if !out.is_empty() {
+                    println!("{out}");
+                }
+                ExitCode::SUCCESS
+            }),
         Command::Token(TokenCommand::Mint { key, sub, roles, iss, aud, ttl }) => {
             cli::token_mint(&key, &sub, &roles, &iss, &aud, ttl).map(|token| {
                 println!("{token}");

@@ -17,10 +17,14 @@ use tracing::{error, info};
 use crate::audit::{self, AuditEvent};
 use crate::check::{Authorizer, CheckService};
 use crate::config::Config;
+use crate::issuer::{Issuer, IssuerSettings};
 use crate::jwt::TokenVerifier;
 use crate::keys::KeySet;
 use crate::metrics::{reload_result, Metrics};
 use crate::policy::{self, PolicyBundle};
+use crate::signing::SigningKeys;
+use crate::store::Store;
+use crate::token_api;
 use crate::watch::watch_dir;
 
 /// The gRPC service name Envoy's health checks ask about.
@@ -195,6 +199,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         reporter,
         runtime: tokio::runtime::Handle::current(),
     });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
     service.reload_keys();
     service.reload_policy();
     spawn_watcher("keys", config.jwt.keys_dir.clone(), config.jwt.poll_interval_ms, &service, Service::reload_keys)?;
@@ -206,16 +215,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         Service::reload_policy,
     )?;
 
+    let issuer =
+        if config.issuer.enabled { Some(start_issuer(&config, stop_signal(stop_rx.clone())).await?) } else { None };
     let authorizer = Arc::new(Authorizer::new(verifier.clone(), policy, metrics.clone(), &config));
     let grpc_listener = TcpListener::bind(config.server.grpc_addr).await?;
     let admin_listener = TcpListener::bind(config.server.admin_addr).await?;
     info!(grpc = %grpc_listener.local_addr()?, admin = %admin_listener.local_addr()?, "authz listening");
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
     let admin = tokio::spawn(admin_server(admin_listener, service.clone(), stop_signal(stop_rx.clone())));
 
     let mut builder = Server::builder().tcp_nodelay(true).http2_keepalive_interval(Some(Duration::from_secs(30)));
@@ -235,7 +241,64 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         error!(error = %e, "gRPC server failed");
     }
     let _ = admin.await;
+    if let Some(issuer) = issuer {
+        let _ = issuer.await;
+    }
     Ok(result?)
+}
+
+/// Opens the store, loads (and watches) the signing keys, and serves the token endpoints.
+async fn start_issuer(
+    config: &Config,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let settings = &config.issuer;
+    let store = Store::open(&settings.database_url).await?;
+    let keys = Arc::new(ArcSwapOption::empty());
+    let reload = {
+        let (keys, dir, active) = (keys.clone(), settings.signing_keys_dir.clone(), settings.active_kid.clone());
+        let last_error = Mutex::new(None::<String>);
+        move || match SigningKeys::load_dir(&dir, active.as_deref()) {
+            Ok(loaded) => {
+                keys.store(Some(Arc::new(loaded)));
+                *last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            }
+            Err(e) => {
+                let e = e.to_string();
+                let mut last = last_error.lock().unwrap_or_else(|p| p.into_inner());
+                if last.as_deref() != Some(e.as_str()) {
+                    error!(error = %e, "signing keys not loaded; the previous keys keep signing");
+                    *last = Some(e);
+                }
+            }
+        }
+    };
+    reload();
+    anyhow::ensure!(keys.load().is_some(), "no usable signing key in {}", settings.signing_keys_dir.display());
+    watch_dir(
+        "signing",
+        settings.signing_keys_dir.clone(),
+        Duration::from_millis(config.jwt.poll_interval_ms.max(100)),
+        reload,
+    )?;
+    let issuer = Issuer::new(
+        store,
+        keys,
+        IssuerSettings {
+            issuer: settings.issuer.clone().or_else(|| config.jwt.issuers.first().cloned()).unwrap_or_default(),
+            audience: settings.audience.clone().or_else(|| config.jwt.audiences.first().cloned()).unwrap_or_default(),
+            access_ttl: settings.access_ttl_secs as i64,
+            refresh_ttl: settings.refresh_ttl_secs as i64,
+        },
+    )?;
+    let listener = TcpListener::bind(settings.addr).await?;
+    info!(addr = %listener.local_addr()?, "token issuer listening");
+    let app = token_api::router(Arc::new(issuer));
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+            error!(error = %e, "token issuer failed");
+        }
+    }))
 }
 
 fn read(path: &PathBuf) -> anyhow::Result<Vec<u8>> {

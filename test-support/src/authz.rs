@@ -127,7 +127,7 @@ pub struct Stack {
     pub upstream: EchoUpstream,
     /// Envoy.
     pub envoy: Envoy,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Stack {
@@ -138,6 +138,16 @@ impl Stack {
 
     /// Any policy directory, with extra authz flags.
     pub async fn with_policy(authz_bin: &str, policy_src: &Path, extra: &[&str]) -> Self {
+        Self::build(authz_bin, policy_src, extra, false).await
+    }
+
+    /// The shipped policy, with authz also issuing tokens: signing key `test-rsa-1` in
+    /// `signing_dir()`, an SQLite store in the stack's directory.
+    pub async fn with_issuer(authz_bin: &str) -> Self {
+        Self::build(authz_bin, &workspace_root().join("policies/rego"), &[], true).await
+    }
+
+    async fn build(authz_bin: &str, policy_src: &Path, extra: &[&str], issuer: bool) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let keys_dir = dir.path().join("keys");
         let policy_dir = dir.path().join("policy");
@@ -145,10 +155,32 @@ impl Stack {
         copy_dir(policy_src, &policy_dir);
         let key = SigningKey::rsa("test-rsa-1");
         key.write_public(&keys_dir);
-        let authz = Authz::start(Path::new(authz_bin), &policy_dir, &keys_dir, dir.path(), extra).await;
+        let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let issuer_port = issuer.then(free_port);
+        if let Some(port) = issuer_port {
+            let signing = dir.path().join("signing");
+            std::fs::create_dir_all(&signing).expect("signing dir");
+            std::fs::write(signing.join(format!("{}.pem", key.kid)), &key.private_pem).expect("signing key");
+            extra.extend([
+                "--issue-tokens".to_string(),
+                "--token-addr".into(),
+                format!("127.0.0.1:{port}"),
+                "--signing-keys-dir".into(),
+                signing.display().to_string(),
+                "--database-url".into(),
+                format!("sqlite://{}", dir.path().join("qiria.db").display()),
+            ]);
+        }
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let authz = Authz::start(Path::new(authz_bin), &policy_dir, &keys_dir, dir.path(), &extra).await;
         let upstream = EchoUpstream::start().await;
-        let envoy = Envoy::start(authz.grpc_port, upstream.port).await;
-        Self { key, keys_dir, policy_dir, authz, upstream, envoy, _dir: dir }
+        let envoy = Envoy::start(authz.grpc_port, upstream.port, issuer_port).await;
+        Self { key, keys_dir, policy_dir, authz, upstream, envoy, dir }
+    }
+
+    /// The stack's private directory (signing keys in `signing/`, database `qiria.db`).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// Sends a request through Envoy.

@@ -45,8 +45,9 @@ pub fn render(template: &str, values: &[(&str, String)]) -> String {
 }
 
 impl Envoy {
-    /// Starts Envoy in front of authz (`authz_port`) and an upstream, and waits until it is ready.
-    pub async fn start(authz_port: u16, upstream_port: u16) -> Self {
+    /// Starts Envoy in front of authz (`authz_port`), its token issuer (`issuer_port`, if
+    /// any) and an upstream, and waits until it is ready.
+    pub async fn start(authz_port: u16, upstream_port: u16, issuer_port: Option<u16>) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let (port, admin_port) = (free_port(), free_port());
         let access_log = dir.path().join("access.log");
@@ -57,6 +58,7 @@ impl Envoy {
                 ("ADMIN_PORT", admin_port.to_string()),
                 ("AUTHZ_PORT", authz_port.to_string()),
                 ("UPSTREAM_PORT", upstream_port.to_string()),
+                ("ISSUER_PORT", issuer_port.unwrap_or_else(free_port).to_string()),
                 ("ACCESS_LOG", access_log.display().to_string()),
             ],
         );

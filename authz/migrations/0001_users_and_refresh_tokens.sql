@@ -1,0 +1,23 @@
+-- Users of the token issuer, and the refresh tokens it handed out.
+-- The same SQL runs on SQLite and PostgreSQL.
+CREATE TABLE users (
+    id            TEXT PRIMARY KEY,
+    username      TEXT NOT NULL UNIQUE,
+    password_hash TEXT NOT NULL,
+    roles         TEXT NOT NULL,           -- JSON array of role names
+    disabled      BIGINT NOT NULL DEFAULT 0,
+    created_at    BIGINT NOT NULL
+);
+
+-- Refresh tokens are stored only as a SHA-256 hash. A family is one login's chain of
+-- rotations: reusing a rotated token revokes the whole family.
+CREATE TABLE refresh_tokens (
+    token_hash  TEXT PRIMARY KEY,
+    family_id   TEXT NOT NULL,
+    user_id     TEXT NOT NULL REFERENCES users (id),
+    expires_at  BIGINT NOT NULL,
+    rotated_at  BIGINT,                    -- set when exchanged for a new one
+    revoked_at  BIGINT                     -- set when its family is revoked
+);
+
+CREATE INDEX refresh_tokens_family ON refresh_tokens (family_id);

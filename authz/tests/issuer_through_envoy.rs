@@ -1,0 +1,135 @@
+//! The token issuer, through a real Envoy: log in, use the access token, refresh, and the
+//! refresh-token reuse detection that revokes a whole family. Bad input gets an OAuth error.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use qiria_test_support::authz::Stack;
+use qiria_test_support::call::Protocol::Http1;
+
+const AUTHZ: &str = env!("CARGO_BIN_EXE_authz");
+const PASSWORD: &str = "correct horse battery staple";
+
+fn add_user(stack: &Stack, username: &str, roles: &str) -> String {
+    let db = format!("sqlite://{}", stack.dir().join("qiria.db").display());
+    let mut child = Command::new(AUTHZ)
+        .args(["users", "--database-url", &db, "add", "--username", username, "--roles", roles])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(format!("{PASSWORD}\n").as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+async fn token_request(stack: &Stack, form: &[(&str, &str)]) -> (u16, serde_json::Value) {
+    let response = reqwest::Client::new().post(stack.envoy.url("/v1/auth/token")).form(form).send().await.unwrap();
+    let status = response.status().as_u16();
+    if status == 200 {
+        assert_eq!(response.headers().get("cache-control").unwrap(), "no-store");
+    }
+    (status, response.json().await.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn login_refresh_rotation_and_reuse_detection() {
+    let stack = Stack::with_issuer(AUTHZ).await;
+    let alice = add_user(&stack, "alice", "User");
+
+    // Wrong password and unknown user: the same answer.
+    let (status, wrong) =
+        token_request(&stack, &[("grant_type", "password"), ("username", "alice"), ("password", "nope")]).await;
+    assert_eq!(status, 400);
+    let (_, unknown) =
+        token_request(&stack, &[("grant_type", "password"), ("username", "mallory"), ("password", "nope")]).await;
+    assert_eq!(wrong, unknown);
+    assert_eq!(wrong["error"], "invalid_grant");
+
+    // Log in, call an allowed route with the access token.
+    let (status, login) =
+        token_request(&stack, &[("grant_type", "password"), ("username", "alice"), ("password", PASSWORD)]).await;
+    assert_eq!(status, 200, "{login}");
+    assert_eq!(login["token_type"], "Bearer");
+    assert_eq!(login["expires_in"], 300);
+    let access = login["access_token"].as_str().unwrap();
+    let reply = stack.send(Http1, "GET", "/v1/jobs/7", Some(access), &[]).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.upstream_header("x-qiria-subject"), vec![alice.clone()]);
+    assert_eq!(reply.upstream_header("x-qiria-roles"), vec!["User".to_string()]);
+    assert_eq!(stack.send(Http1, "GET", "/v1/admin/jobs", Some(access), &[]).await.status, 403);
+
+    // Refresh: a new pair; the new access token works too.
+    let first = login["refresh_token"].as_str().unwrap();
+    assert!(first.len() >= 43, "256-bit refresh token");
+    let (status, second) = token_request(&stack, &[("grant_type", "refresh_token"), ("refresh_token", first)]).await;
+    assert_eq!(status, 200, "{second}");
+    let newest = second["refresh_token"].as_str().unwrap();
+    assert_ne!(newest, first);
+    let reply = stack.send(Http1, "GET", "/v1/jobs/7", Some(second["access_token"].as_str().unwrap()), &[]).await;
+    assert_eq!(reply.status, 200);
+
+    // The rotated token is rejected, and its reuse revokes the family: the newest fails too.
+    let (status, reuse) = token_request(&stack, &[("grant_type", "refresh_token"), ("refresh_token", first)]).await;
+    assert_eq!((status, reuse["error"].as_str()), (400, Some("invalid_grant")));
+    let (status, after) = token_request(&stack, &[("grant_type", "refresh_token"), ("refresh_token", newest)]).await;
+    assert_eq!((status, after["error"].as_str()), (400, Some("invalid_grant")));
+
+    // Audited, without secrets.
+    let output = stack.authz.output();
+    assert!(output.contains("refresh_token_reuse"), "{output}");
+    assert!(output.contains("login_failed"), "{output}");
+    for secret in [PASSWORD, first, newest, access] {
+        assert!(!output.contains(secret), "a secret reached the logs");
+    }
+}
+
+#[tokio::test]
+async fn discovery_documents_and_bad_input() {
+    let stack = Stack::with_issuer(AUTHZ).await;
+    add_user(&stack, "bob", "Auditor");
+    let client = reqwest::Client::new();
+    let jwks: serde_json::Value =
+        client.get(stack.envoy.url("/.well-known/jwks.json")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(jwks["keys"][0]["kid"], "test-rsa-1");
+    assert_eq!(jwks["keys"][0]["kty"], "RSA");
+    assert!(jwks["keys"][0].get("d").is_none(), "no private part in the JWKS");
+    let discovery: serde_json::Value =
+        client.get(stack.envoy.url("/.well-known/openid-configuration")).send().await.unwrap().json().await.unwrap();
+    assert!(discovery["token_endpoint"].as_str().unwrap().ends_with("/v1/auth/token"));
+
+    let (status, missing) = token_request(&stack, &[("username", "bob"), ("password", PASSWORD)]).await;
+    assert_eq!((status, missing["error"].as_str()), (400, Some("invalid_request")));
+    assert!(missing["error_description"].as_str().unwrap().contains("grant_type"));
+    let (_, no_password) = token_request(&stack, &[("grant_type", "password"), ("username", "bob")]).await;
+    assert!(no_password["error_description"].as_str().unwrap().contains("password"));
+    let (_, other_grant) = token_request(&stack, &[("grant_type", "client_credentials")]).await;
+    assert_eq!(other_grant["error"], "unsupported_grant_type");
+
+    let post = |body: Vec<u8>, content_type: &'static str| {
+        client.post(stack.envoy.url("/v1/auth/token")).header("content-type", content_type).body(body).send()
+    };
+    let json = post(br#"{"grant_type":"password"}"#.to_vec(), "application/json").await.unwrap();
+    assert_eq!(json.status(), 400);
+    let json: serde_json::Value = json.json().await.unwrap();
+    assert!(json["error_description"].as_str().unwrap().contains("content type"));
+    let bad_utf8 =
+        post(b"grant_type=password&username=bob&password=%ff%fe".to_vec(), "application/x-www-form-urlencoded")
+            .await
+            .unwrap();
+    let bad_utf8: serde_json::Value = bad_utf8.json().await.unwrap();
+    assert_eq!(bad_utf8["error"], "invalid_request");
+    let long = format!("grant_type=password&username=bob&password={}", "p".repeat(20_000));
+    let long = post(long.into_bytes(), "application/x-www-form-urlencoded").await.unwrap();
+    assert_eq!(long.status(), 400);
+    let huge = format!("grant_type=password&username=bob&password={}", "p".repeat(1 << 20));
+    assert_eq!(post(huge.into_bytes(), "application/x-www-form-urlencoded").await.unwrap().status(), 413);
+
+    // Nothing was issued by any of that: bob's first real login is still the first.
+    let (status, _) =
+        token_request(&stack, &[("grant_type", "password"), ("username", "bob"), ("password", PASSWORD)]).await;
+    assert_eq!(status, 200);
+    assert_eq!(stack.authz.output().matches("login_succeeded").count(), 1);
+}
