@@ -133,3 +133,94 @@ async fn discovery_documents_and_bad_input() {
     assert_eq!(status, 200);
     assert_eq!(stack.authz.output().matches("login_succeeded").count(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_key_rotation_under_load() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    let stack = Arc::new(Stack::with_issuer(AUTHZ).await);
+    add_user(&stack, "carol", "User");
+    let login = || async {
+        let (status, body) =
+            token_request(&stack, &[("grant_type", "password"), ("username", "carol"), ("password", PASSWORD)]).await;
+        assert_eq!(status, 200, "{body}");
+        body["access_token"].as_str().unwrap().to_string()
+    };
+    let old_token = login().await;
+
+    // Load: two workers calling an allowed route, logging in again every 40 requests.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..2 {
+        let (stack, stop) = (stack.clone(), stop.clone());
+        workers.push(tokio::spawn(async move {
+            let (mut statuses, mut kids) = (Vec::new(), std::collections::BTreeSet::new());
+            let mut i = 0u32;
+            let mut token = String::new();
+            // Bounded: the test stops it, and it never runs past 10,000 requests.
+            while !stop.load(Ordering::Relaxed) && i < 10_000 {
+                if i % 40 == 0 {
+                    let (status, body) = token_request(
+                        &stack,
+                        &[("grant_type", "password"), ("username", "carol"), ("password", PASSWORD)],
+                    )
+                    .await;
+                    statuses.push(status);
+                    token = body["access_token"].as_str().unwrap_or_default().to_string();
+                    kids.insert(jsonwebtoken::decode_header(&token).ok().and_then(|h| h.kid).unwrap_or_default());
+                }
+                statuses.push(stack.send(Http1, "GET", "/v1/jobs/1", Some(&token), &[]).await.status);
+                i += 1;
+            }
+            (statuses, kids)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Rotation, in the order operators follow: publish the new public key, wait until it
+    // verifies, then make it the signing key.
+    let generated = tempfile::tempdir().unwrap();
+    let out = Command::new(AUTHZ)
+        .args(["keys", "generate", "--dir", generated.path().to_str().unwrap(), "--kid", "rotated-2"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    std::fs::copy(generated.path().join("public/rotated-2.pem"), stack.keys_dir.join("rotated-2.pem")).unwrap();
+    let published = qiria_test_support::wait_until(Duration::from_secs(10), || async {
+        stack.authz.health().await["keys"]["count"] == 2
+    })
+    .await;
+    assert!(published, "new public key not picked up");
+    let signing = stack.dir().join("signing");
+    std::fs::copy(generated.path().join("private/rotated-2.pem"), signing.join("rotated-2.pem")).unwrap();
+    std::fs::write(signing.join("active"), "rotated-2\n").unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Tokens of the old key still verify while it is in the secret.
+    assert_eq!(stack.send(Http1, "GET", "/v1/jobs/1", Some(&old_token), &[]).await.status, 200);
+    stop.store(true, Ordering::Relaxed);
+    let mut kids = std::collections::BTreeSet::new();
+    for worker in workers {
+        let (statuses, seen) = worker.await.unwrap();
+        assert!(statuses.len() > 50 && statuses.iter().all(|s| *s == 200), "a request failed during rotation");
+        kids.extend(seen);
+    }
+    assert!(kids.contains("test-rsa-1") && kids.contains("rotated-2"), "load spanned both keys: {kids:?}");
+
+    // The old key leaves: its tokens stop verifying, new logins keep working.
+    std::fs::remove_file(signing.join("test-rsa-1.pem")).unwrap();
+    std::fs::remove_file(stack.keys_dir.join("test-rsa-1.pem")).unwrap();
+    let gone = qiria_test_support::wait_until(Duration::from_secs(10), || async {
+        stack.send(Http1, "GET", "/v1/jobs/1", Some(&old_token), &[]).await.status == 401
+    })
+    .await;
+    assert!(gone, "old key still verifies after removal");
+    let fresh = login().await;
+    assert_eq!(jsonwebtoken::decode_header(&fresh).unwrap().kid.as_deref(), Some("rotated-2"));
+    assert_eq!(stack.send(Http1, "GET", "/v1/jobs/1", Some(&fresh), &[]).await.status, 200);
+    let jwks: serde_json::Value =
+        reqwest::get(stack.envoy.url("/.well-known/jwks.json")).await.unwrap().json().await.unwrap();
+    assert_eq!(jwks["keys"].as_array().unwrap().len(), 1, "{jwks}");
+}
