@@ -11,9 +11,9 @@ const AUTHZ: &str = env!("CARGO_BIN_EXE_authz");
 const PASSWORD: &str = "correct horse battery staple";
 
 fn add_user(stack: &Stack, username: &str, roles: &str) -> String {
-    let db = format!("sqlite://{}", stack.dir().join("qiria.db").display());
+    let db = stack.database_url();
     let mut child = Command::new(AUTHZ)
-        .args(["users", "--database-url", &db, "add", "--username", username, "--roles", roles])
+        .args(["users", "--database-url", db, "add", "--username", username, "--roles", roles])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -36,7 +36,17 @@ async fn token_request(stack: &Stack, form: &[(&str, &str)]) -> (u16, serde_json
 
 #[tokio::test]
 async fn login_refresh_rotation_and_reuse_detection() {
-    let stack = Stack::with_issuer(AUTHZ).await;
+    login_refresh_rotation_and_reuse(Stack::with_issuer(AUTHZ).await).await;
+}
+
+#[tokio::test]
+async fn login_refresh_rotation_and_reuse_detection_on_postgres() {
+    if let Some(url) = qiria_test_support::postgres::fresh_database() {
+        login_refresh_rotation_and_reuse(Stack::with_issuer_on(AUTHZ, &url).await).await;
+    }
+}
+
+async fn login_refresh_rotation_and_reuse(stack: Stack) {
     let alice = add_user(&stack, "alice", "User");
 
     // Wrong password and unknown user: the same answer.
@@ -161,7 +171,7 @@ async fn signing_key_rotation_under_load() {
             let mut token = String::new();
             // Bounded: the test stops it, and it never runs past 10,000 requests.
             while !stop.load(Ordering::Relaxed) && i < 10_000 {
-                if i % 40 == 0 {
+                if i.is_multiple_of(40) {
                     let (status, body) = token_request(
                         &stack,
                         &[("grant_type", "password"), ("username", "carol"), ("password", PASSWORD)],

@@ -128,6 +128,7 @@ pub struct Stack {
     /// Envoy.
     pub envoy: Envoy,
     dir: tempfile::TempDir,
+    database_url: String,
 }
 
 impl Stack {
@@ -138,16 +139,22 @@ impl Stack {
 
     /// Any policy directory, with extra authz flags.
     pub async fn with_policy(authz_bin: &str, policy_src: &Path, extra: &[&str]) -> Self {
-        Self::build(authz_bin, policy_src, extra, false).await
+        Self::build(authz_bin, policy_src, extra, None).await
     }
 
     /// The shipped policy, with authz also issuing tokens: signing key `test-rsa-1` in
     /// `signing_dir()`, an SQLite store in the stack's directory.
     pub async fn with_issuer(authz_bin: &str) -> Self {
-        Self::build(authz_bin, &workspace_root().join("policies/rego"), &[], true).await
+        Self::build(authz_bin, &workspace_root().join("policies/rego"), &[], Some(None)).await
     }
 
-    async fn build(authz_bin: &str, policy_src: &Path, extra: &[&str], issuer: bool) -> Self {
+    /// The same with the issuer's store at `database_url` (e.g. PostgreSQL).
+    pub async fn with_issuer_on(authz_bin: &str, database_url: &str) -> Self {
+        Self::build(authz_bin, &workspace_root().join("policies/rego"), &[], Some(Some(database_url))).await
+    }
+
+    /// `issuer`: `None` for no issuer, `Some(None)` for one on a fresh SQLite file.
+    async fn build(authz_bin: &str, policy_src: &Path, extra: &[&str], issuer: Option<Option<&str>>) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let keys_dir = dir.path().join("keys");
         let policy_dir = dir.path().join("policy");
@@ -156,7 +163,9 @@ impl Stack {
         let key = SigningKey::rsa("test-rsa-1");
         key.write_public(&keys_dir);
         let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let issuer_port = issuer.then(free_port);
+        let issuer_port = issuer.map(|_| free_port());
+        let sqlite = format!("sqlite://{}", dir.path().join("qiria.db").display());
+        let database_url = issuer.flatten().unwrap_or(&sqlite).to_string();
         if let Some(port) = issuer_port {
             let signing = dir.path().join("signing");
             std::fs::create_dir_all(&signing).expect("signing dir");
@@ -168,14 +177,19 @@ impl Stack {
                 "--signing-keys-dir".into(),
                 signing.display().to_string(),
                 "--database-url".into(),
-                format!("sqlite://{}", dir.path().join("qiria.db").display()),
+                database_url.clone(),
             ]);
         }
         let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
         let authz = Authz::start(Path::new(authz_bin), &policy_dir, &keys_dir, dir.path(), &extra).await;
         let upstream = EchoUpstream::start().await;
         let envoy = Envoy::start(authz.grpc_port, upstream.port, issuer_port).await;
-        Self { key, keys_dir, policy_dir, authz, upstream, envoy, dir }
+        Self { key, keys_dir, policy_dir, authz, upstream, envoy, dir, database_url }
+    }
+
+    /// The issuer's database URL.
+    pub fn database_url(&self) -> &str {
+        &self.database_url
     }
 
     /// The stack's private directory (signing keys in `signing/`, database `qiria.db`).

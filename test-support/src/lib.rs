@@ -5,6 +5,7 @@
 pub mod authz;
 pub mod call;
 pub mod envoy;
+pub mod postgres;
 pub mod process;
 pub mod tls;
 pub mod tokens;
