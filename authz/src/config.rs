@@ -297,31 +297,32 @@ impl Config {
 mod tests {
     use super::*;
 
-    #[test]
-    fn unknown_key_is_an_error_naming_the_key() {
+    /// Loads `toml` as the config file, with `flags` on top.
+    fn load(toml: &str, flags: Figment) -> Result<Config, ConfigError> {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("authz.toml");
-        std::fs::write(&file, "[jwt]\nleeway_seconds = 5\n").unwrap();
-        let err = Config::load(Some(&file), Figment::new()).unwrap_err().to_string();
+        std::fs::write(&file, toml).unwrap();
+        Config::load(Some(&file), flags)
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_the_key() {
+        let err = load("[jwt]\nleeway_seconds = 5\n", Figment::new()).unwrap_err().to_string();
         assert!(err.contains("leeway_seconds"), "{err}");
     }
 
     #[test]
-    fn leeway_above_sixty_seconds_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("authz.toml");
-        std::fs::write(&file, "[jwt]\nleeway_secs = 61\n").unwrap();
-        let err = Config::load(Some(&file), Figment::new()).unwrap_err().to_string();
+    fn out_of_range_values_are_refused_with_the_field_named() {
+        let err = load("[jwt]\nleeway_secs = 61\n", Figment::new()).unwrap_err().to_string();
         assert!(err.contains("jwt.leeway_secs"), "{err}");
+        let err = load("[issuer]\naccess_ttl_secs = 86400\n", Figment::new()).unwrap_err().to_string();
+        assert!(err.contains("issuer.access_ttl_secs"), "{err}");
     }
 
     #[test]
     fn file_then_flags_override_defaults() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("authz.toml");
-        std::fs::write(&file, "[jwt]\nleeway_secs = 5\naudiences = [\"a\"]\n").unwrap();
         let flags = Figment::new().merge(Serialized::default("jwt.leeway_secs", 7));
-        let config = Config::load(Some(&file), flags).unwrap();
+        let config = load("[jwt]\nleeway_secs = 5\naudiences = [\"a\"]\n", flags).unwrap();
         assert_eq!(config.jwt.leeway_secs, 7);
         assert_eq!(config.jwt.audiences, vec!["a".to_string()]);
         assert_eq!(config.policy.decision_rule, "data.qiria.authz.allow");

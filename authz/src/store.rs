@@ -101,19 +101,16 @@ impl Store {
 
     /// A user by login name.
     pub async fn user_by_name(&self, username: &str) -> Result<Option<User>, StoreError> {
-        let row = sqlx::query("SELECT id, username, password_hash, roles, disabled FROM users WHERE username = $1")
-            .bind(username)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| user_from_row(&r)).transpose()
+        self.one_user("SELECT id, username, password_hash, roles, disabled FROM users WHERE username = $1", username).await
     }
 
     /// A user by id.
     pub async fn user_by_id(&self, id: &str) -> Result<Option<User>, StoreError> {
-        let row = sqlx::query("SELECT id, username, password_hash, roles, disabled FROM users WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        self.one_user("SELECT id, username, password_hash, roles, disabled FROM users WHERE id = $1", id).await
+    }
+
+    async fn one_user(&self, query: &'static str, key: &str) -> Result<Option<User>, StoreError> {
+        let row = sqlx::query(query).bind(key).fetch_optional(&self.pool).await?;
         row.map(|r| user_from_row(&r)).transpose()
     }
 

@@ -125,57 +125,20 @@ pub fn run(plan: &Plan, bins: &Binaries, work: &Path) -> anyhow::Result<Vec<Row>
     long["exp"] = (now() + 3600).into();
     let token = key.sign(&long);
 
+    let setup = |name: &str, filters, backend, load| Setup { name: name.into(), filters, backend, load };
+    const JOB: Load = Load::H2load { path: "/v1/jobs/42" };
     let mut setups = vec![
-        Setup {
-            name: "(a) Envoy alone (direct_response)".into(),
-            filters: Filters::None,
-            backend: Backend::None,
-            load: Load::H2load { path: "/v1/jobs/42" },
-        },
-        Setup {
-            name: "(b) Envoy jwt_authn + rbac".into(),
-            filters: Filters::JwtRbac { cache: false },
-            backend: Backend::None,
-            load: Load::H2load { path: "/v1/jobs/42" },
-        },
-        Setup {
-            name: "(b') same, jwt_authn token cache on".into(),
-            filters: Filters::JwtRbac { cache: true },
-            backend: Backend::None,
-            load: Load::H2load { path: "/v1/jobs/42" },
-        },
-        Setup {
-            name: "(e) ext_authz → do-nothing tonic server".into(),
-            filters: Filters::ExtAuthz,
-            backend: Backend::Noop,
-            load: Load::H2load { path: "/v1/jobs/42" },
-        },
-        Setup {
-            name: "(c) ext_authz → authz, RS256 + RBAC".into(),
-            filters: Filters::ExtAuthz,
-            backend: Backend::Authz,
-            load: Load::H2load { path: "/v1/jobs/42" },
-        },
-        Setup {
-            name: "(d) authz, denied (403)".into(),
-            filters: Filters::ExtAuthz,
-            backend: Backend::Authz,
-            load: Load::H2load { path: "/v1/admin/jobs" },
-        },
-        Setup {
-            name: "(c) authz, 1 token via loadgen".into(),
-            filters: Filters::ExtAuthz,
-            backend: Backend::Authz,
-            load: Load::Rotating { count: 1 },
-        },
+        setup("(a) Envoy alone (direct_response)", Filters::None, Backend::None, JOB),
+        setup("(b) Envoy jwt_authn + rbac", Filters::JwtRbac { cache: false }, Backend::None, JOB),
+        setup("(b') same, jwt_authn token cache on", Filters::JwtRbac { cache: true }, Backend::None, JOB),
+        setup("(e) ext_authz → do-nothing tonic server", Filters::ExtAuthz, Backend::Noop, JOB),
+        setup("(c) ext_authz → authz, RS256 + RBAC", Filters::ExtAuthz, Backend::Authz, JOB),
+        setup("(d) authz, denied (403)", Filters::ExtAuthz, Backend::Authz, Load::H2load { path: "/v1/admin/jobs" }),
+        setup("(c) authz, 1 token via loadgen", Filters::ExtAuthz, Backend::Authz, Load::Rotating { count: 1 }),
     ];
     for count in &plan.rotations {
-        setups.push(Setup {
-            name: format!("(d) authz, {count} rotating tokens"),
-            filters: Filters::ExtAuthz,
-            backend: Backend::Authz,
-            load: Load::Rotating { count: *count },
-        });
+        let name = format!("(d) authz, {count} rotating tokens");
+        setups.push(setup(&name, Filters::ExtAuthz, Backend::Authz, Load::Rotating { count: *count }));
     }
 
     let jwks = jwks(&key);
