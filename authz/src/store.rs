@@ -101,7 +101,8 @@ impl Store {
 
     /// A user by login name.
     pub async fn user_by_name(&self, username: &str) -> Result<Option<User>, StoreError> {
-        self.one_user("SELECT id, username, password_hash, roles, disabled FROM users WHERE username = $1", username).await
+        self.one_user("SELECT id, username, password_hash, roles, disabled FROM users WHERE username = $1", username)
+            .await
     }
 
     /// A user by id.
