@@ -36,19 +36,65 @@ pub enum Command {
     /// Token tools (development and tests; production tokens come from the issuer).
     #[command(subcommand)]
     Token(TokenCommand),
-    /// Manage the issuer's users (the admin API is the other way, through Envoy).
+    /// Manage the issuer's users.
     Users(UsersArgs),
+    /// Maintain the issuer's store.
+    Store(StoreArgs),
+}
+
+/// Where the issuer's store is and how it is sealed.
+#[derive(Debug, Args)]
+pub struct StoreLocation {
+    /// The issuer's database.
+    #[arg(long, env = "QIRIA_AUTHZ_ISSUER__DATABASE_URL", default_value = "sqlite://.stack/qiria.db")]
+    pub database_url: String,
+    /// Directory of master keys (`<kid>.key`, `active` file names the sealing one).
+    #[arg(long, env = "QIRIA_AUTHZ_ISSUER__MASTER_KEYS_DIR", default_value = ".stack/master-keys")]
+    pub master_keys_dir: PathBuf,
+}
+
+impl StoreLocation {
+    async fn open(&self) -> anyhow::Result<crate::store::Store> {
+        let keys = crate::sealing::MasterKeys::load_dir(&self.master_keys_dir, None)?;
+        Ok(crate::store::Store::open(&self.database_url, std::sync::Arc::new(keys)).await?)
+    }
 }
 
 /// `authz users …`
 #[derive(Debug, Args)]
 pub struct UsersArgs {
-    /// The issuer's database [default: sqlite://.stack/qiria.db].
-    #[arg(long, env = "QIRIA_AUTHZ_ISSUER__DATABASE_URL", default_value = "sqlite://.stack/qiria.db")]
-    pub database_url: String,
+    /// The store.
+    #[command(flatten)]
+    pub store: StoreLocation,
     /// What to do.
     #[command(subcommand)]
     pub command: UsersCommand,
+}
+
+/// `authz store …`
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// The store.
+    #[command(flatten)]
+    pub store: StoreLocation,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: StoreCommand,
+}
+
+/// Store maintenance.
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Re-seal every row under the active master key (after adding a new one).
+    Rekey,
+}
+
+/// Runs `authz store …`; returns what to print.
+pub async fn store(args: StoreArgs) -> anyhow::Result<String> {
+    let store = args.store.open().await?;
+    match args.command {
+        StoreCommand::Rekey => Ok(format!("{} rows re-sealed", store.rekey().await?)),
+    }
 }
 
 /// User management.
@@ -62,6 +108,12 @@ pub enum UsersCommand {
         /// Roles, comma-separated (Admin, User, Auditor).
         #[arg(long, value_delimiter = ',')]
         roles: Vec<String>,
+        /// Email address (sealed at rest).
+        #[arg(long)]
+        email: Option<String>,
+        /// Display name (sealed at rest).
+        #[arg(long)]
+        display_name: Option<String>,
     },
     /// Replace a user's roles.
     SetRoles {
@@ -84,9 +136,9 @@ pub enum UsersCommand {
 
 /// Runs `authz users …`; returns what to print.
 pub async fn users(args: UsersArgs, stdin: &mut impl std::io::BufRead) -> anyhow::Result<String> {
-    let store = crate::store::Store::open(&args.database_url).await?;
+    let store = args.store.open().await?;
     match args.command {
-        UsersCommand::Add { username, roles } => {
+        UsersCommand::Add { username, roles, email, display_name } => {
             let mut password = String::new();
             stdin.read_line(&mut password)?;
             let password = password.trim_end_matches(['\r', '\n']);
@@ -97,6 +149,8 @@ pub async fn users(args: UsersArgs, stdin: &mut impl std::io::BufRead) -> anyhow
                 password_hash: crate::issuer::hash_password(password)?,
                 roles,
                 disabled: false,
+                email,
+                display_name,
             };
             store.add_user(&user).await?;
             Ok(user.id)
@@ -114,12 +168,13 @@ pub async fn users(args: UsersArgs, stdin: &mut impl std::io::BufRead) -> anyhow
             .await?
             .iter()
             .map(|u| {
+                let state = if u.disabled { "disabled" } else { "active" };
                 format!(
-                    "{}\t{}\t{}\t{}",
+                    "{}\t{}\t{}\t{state}\t{}",
                     u.id,
                     u.username,
                     u.roles.join(","),
-                    if u.disabled { "disabled" } else { "active" }
+                    u.email.as_deref().unwrap_or("-")
                 )
             })
             .collect::<Vec<_>>()
@@ -181,6 +236,9 @@ pub struct ServeArgs {
     /// Issuer database: sqlite://FILE or postgres://… [default: sqlite://.stack/qiria.db].
     #[arg(long)]
     pub database_url: Option<String>,
+    /// Master keys sealing personal data at rest [default: .stack/master-keys].
+    #[arg(long)]
+    pub master_keys_dir: Option<PathBuf>,
     /// Log format [default: json].
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
@@ -216,6 +274,7 @@ impl ServeArgs {
         set("issuer.addr", s(&self.token_addr));
         set("issuer.signing_keys_dir", p(&self.signing_keys_dir));
         set("issuer.database_url", s(&self.database_url));
+        set("issuer.master_keys_dir", p(&self.master_keys_dir));
         set("log.format", self.log_format.map(|f| format!("{f:?}").to_lowercase().into()));
         set("log.level", s(&self.log_level));
         f
@@ -254,6 +313,15 @@ pub enum PolicyCommand {
 /// `authz keys …`
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
+    /// Write a new master key (sealing personal data at rest) as DIR/KID.key (0600).
+    GenerateMaster {
+        /// Master key directory (the layout of its secret).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Key id.
+        #[arg(long)]
+        kid: String,
+    },
     /// Write a new signing key pair: DIR/private/KID.pem (0600) and DIR/public/KID.pem.
     Generate {
         /// Key directory (the layout of the signing and verification secrets).

@@ -104,6 +104,10 @@ pub struct IssuerConfig {
     pub active_kid: Option<String>,
     /// `sqlite://FILE` (created on first run) or `postgres://…`.
     pub database_url: String,
+    /// Directory of master keys sealing personal data at rest (`<kid>.key`, 32 bytes base64).
+    pub master_keys_dir: PathBuf,
+    /// The master kid that seals new rows; unset: the `active` file, or the only key.
+    pub active_master_kid: Option<String>,
     /// `iss` of issued tokens (defaults to the first of `jwt.issuers`).
     pub issuer: Option<String>,
     /// `aud` of issued tokens (defaults to the first of `jwt.audiences`).
@@ -122,6 +126,8 @@ impl Default for IssuerConfig {
             signing_keys_dir: PathBuf::from(".stack/keys/private"),
             active_kid: None,
             database_url: "sqlite://.stack/qiria.db".into(),
+            master_keys_dir: PathBuf::from(".stack/master-keys"),
+            active_master_kid: None,
             issuer: None,
             audience: None,
             access_ttl_secs: 300,

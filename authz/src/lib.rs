@@ -21,6 +21,7 @@ pub mod jwt;
 pub mod keys;
 pub mod metrics;
 pub mod policy;
+pub mod sealing;
 pub mod server;
 pub mod signing;
 pub mod store;

@@ -34,12 +34,16 @@ fn main() -> ExitCode {
             .build()
             .map_err(anyhow::Error::from)
             .and_then(|rt| rt.block_on(cli::users(args, &mut std::io::stdin().lock())))
-            .map(|out| {
-                if !out.is_empty() {
-                    println!("{out}");
-                }
-                ExitCode::SUCCESS
-            }),
+            .map(print),
+        Command::Store(args) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(cli::store(args)))
+            .map(print),
+        Command::Keys(KeysCommand::GenerateMaster { dir, kid }) => {
+            authz::sealing::MasterKeys::generate(&dir, &kid).map_err(Into::into).map(|p| print(p.display().to_string()))
+        }
         Command::Token(TokenCommand::Mint { key, sub, roles, iss, aud, ttl }) => {
             cli::token_mint(&key, &sub, &roles, &iss, &aud, ttl).map(|token| {
                 println!("{token}");
@@ -51,6 +55,13 @@ fn main() -> ExitCode {
         eprintln!("authz: {e:#}");
         ExitCode::from(2)
     })
+}
+
+fn print(out: String) -> ExitCode {
+    if !out.is_empty() {
+        println!("{out}");
+    }
+    ExitCode::SUCCESS
 }
 
 fn serve(args: cli::ServeArgs) -> anyhow::Result<ExitCode> {

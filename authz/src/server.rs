@@ -22,6 +22,7 @@ use crate::jwt::TokenVerifier;
 use crate::keys::KeySet;
 use crate::metrics::{reload_result, Metrics};
 use crate::policy::{self, PolicyBundle};
+use crate::sealing::MasterKeys;
 use crate::signing::SigningKeys;
 use crate::store::Store;
 use crate::token_api;
@@ -253,7 +254,8 @@ async fn start_issuer(
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let settings = &config.issuer;
-    let store = Store::open(&settings.database_url).await?;
+    let master_keys = MasterKeys::load_dir(&settings.master_keys_dir, settings.active_master_kid.as_deref())?;
+    let store = Store::open(&settings.database_url, Arc::new(master_keys)).await?;
     let keys = Arc::new(ArcSwapOption::empty());
     let reload = {
         let (keys, dir, active) = (keys.clone(), settings.signing_keys_dir.clone(), settings.active_kid.clone());

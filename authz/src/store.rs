@@ -1,9 +1,15 @@
-//! The issuer's store: users (argon2id password hashes, roles) and refresh-token families.
-//! Embedded SQLite by default (file created and migrated on first run), PostgreSQL when a
-//! `postgres://` URL is given: the same code and migrations through sqlx's `Any` driver.
+//! The issuer's store: users (argon2id password hashes, roles, personal data) and
+//! refresh-token families. Embedded SQLite by default (file created and migrated on first
+//! run), PostgreSQL when a `postgres://` URL is given: the same code and migrations through
+//! sqlx's `Any` driver. Personal data and password hashes are sealed before they are written
+//! (`sealing`): the database never holds them in the clear.
+
+use std::sync::Arc;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
+
+use crate::sealing::{MasterKeys, SealError, SealedKey};
 
 /// A user as the issuer sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,6 +24,10 @@ pub struct User {
     pub roles: Vec<String>,
     /// A disabled user can neither log in nor refresh.
     pub disabled: bool,
+    /// Email address (personal data: sealed at rest).
+    pub email: Option<String>,
+    /// Display name (personal data: sealed at rest).
+    pub display_name: Option<String>,
 }
 
 /// A stored refresh token (looked up by its hash).
@@ -53,17 +63,24 @@ pub enum StoreError {
     /// A stored value that does not decode.
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// Sealing or opening failed.
+    #[error("{0}")]
+    Seal(#[from] SealError),
 }
 
 /// The store: a connection pool to SQLite or PostgreSQL.
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: AnyPool,
+    keys: Arc<MasterKeys>,
 }
 
+const USER_COLUMNS: &str = "id, username, roles, disabled, master_kid, data_key, password_hash, email, display_name";
+
 impl Store {
-    /// Connects (creating an SQLite file if needed) and applies the migrations.
-    pub async fn open(url: &str) -> Result<Self, StoreError> {
+    /// Connects (creating an SQLite file if needed) and applies the migrations; `keys`
+    /// seal and open personal data.
+    pub async fn open(url: &str, keys: Arc<MasterKeys>) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
         let url = if url.starts_with("sqlite:") && !url.contains("mode=") {
             format!("{url}{}mode=rwc", if url.contains('?') { "&" } else { "?" })
@@ -74,21 +91,28 @@ impl Store {
         let max = if url.starts_with("sqlite:") { 1 } else { 8 };
         let pool = AnyPoolOptions::new().max_connections(max).connect(&url).await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self { pool, keys })
     }
 
-    /// Adds a user.
+    /// Adds a user, sealing its secrets and personal data under a new data key.
     pub async fn add_user(&self, user: &User) -> Result<(), StoreError> {
         let roles = serde_json::to_string(&user.roles).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let sealed = self.seal(user)?;
         let result = sqlx::query(
-            "INSERT INTO users (id, username, password_hash, roles, disabled, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO users (id, username, roles, disabled, created_at, master_kid, data_key, password_hash, \
+             email, display_name, email_index) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(&user.id)
         .bind(&user.username)
-        .bind(&user.password_hash)
         .bind(roles)
         .bind(i64::from(user.disabled))
         .bind(now())
+        .bind(sealed.key.master_kid)
+        .bind(sealed.key.wrapped)
+        .bind(sealed.password_hash)
+        .bind(sealed.email)
+        .bind(sealed.display_name)
+        .bind(sealed.email_index)
         .execute(&self.pool)
         .await;
         match result {
@@ -99,28 +123,105 @@ impl Store {
         }
     }
 
+    fn seal(&self, user: &User) -> Result<SealedUser, StoreError> {
+        let (data_key, key) = self.keys.new_data_key()?;
+        let field = |name: &str, value: Option<&String>| {
+            value.map(|v| data_key.seal(v.as_bytes(), &format!("users/{}/{name}", user.id))).transpose()
+        };
+        Ok(SealedUser {
+            password_hash: data_key.seal(user.password_hash.as_bytes(), &format!("users/{}/password_hash", user.id))?,
+            email: field("email", user.email.as_ref())?,
+            display_name: field("display_name", user.display_name.as_ref())?,
+            email_index: user.email.as_deref().map(|e| self.keys.email_index(e)),
+            key,
+        })
+    }
+
+    /// A user by email (through the keyed index; every loaded master key is tried).
+    pub async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
+        for index in self.keys.email_indexes(email) {
+            let query = format!("SELECT {USER_COLUMNS} FROM users WHERE email_index = $1");
+            if let Some(row) = sqlx::query(&query).bind(index).fetch_optional(&self.pool).await? {
+                return self.user_from_row(&row).map(Some);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Re-seals every user under the active master key with a fresh data key; returns how
+    /// many rows moved. Each row is rewritten in one statement: never half-written.
+    pub async fn rekey(&self) -> Result<u64, StoreError> {
+        let query = format!("SELECT {USER_COLUMNS} FROM users WHERE master_kid <> $1");
+        let rows = sqlx::query(&query).bind(self.keys.active_kid()).fetch_all(&self.pool).await?;
+        let mut moved = 0;
+        for row in rows {
+            let user = self.user_from_row(&row)?;
+            let sealed = self.seal(&user)?;
+            sqlx::query(
+                "UPDATE users SET master_kid = $1, data_key = $2, password_hash = $3, email = $4, display_name = $5, \
+                 email_index = $6 WHERE id = $7",
+            )
+            .bind(sealed.key.master_kid)
+            .bind(sealed.key.wrapped)
+            .bind(sealed.password_hash)
+            .bind(sealed.email)
+            .bind(sealed.display_name)
+            .bind(sealed.email_index)
+            .bind(&user.id)
+            .execute(&self.pool)
+            .await?;
+            moved += 1;
+        }
+        Ok(moved)
+    }
+
     /// A user by login name.
     pub async fn user_by_name(&self, username: &str) -> Result<Option<User>, StoreError> {
-        self.one_user("SELECT id, username, password_hash, roles, disabled FROM users WHERE username = $1", username)
-            .await
+        self.one_user("username", username).await
     }
 
     /// A user by id.
     pub async fn user_by_id(&self, id: &str) -> Result<Option<User>, StoreError> {
-        self.one_user("SELECT id, username, password_hash, roles, disabled FROM users WHERE id = $1", id).await
+        self.one_user("id", id).await
     }
 
-    async fn one_user(&self, query: &'static str, key: &str) -> Result<Option<User>, StoreError> {
-        let row = sqlx::query(query).bind(key).fetch_optional(&self.pool).await?;
-        row.map(|r| user_from_row(&r)).transpose()
+    async fn one_user(&self, column: &'static str, key: &str) -> Result<Option<User>, StoreError> {
+        let query = format!("SELECT {USER_COLUMNS} FROM users WHERE {column} = $1");
+        let row = sqlx::query(&query).bind(key).fetch_optional(&self.pool).await?;
+        row.map(|r| self.user_from_row(&r)).transpose()
     }
 
     /// All users, by name.
     pub async fn users(&self) -> Result<Vec<User>, StoreError> {
-        let rows = sqlx::query("SELECT id, username, password_hash, roles, disabled FROM users ORDER BY username")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(user_from_row).collect()
+        let query = format!("SELECT {USER_COLUMNS} FROM users ORDER BY username");
+        let rows = sqlx::query(&query).fetch_all(&self.pool).await?;
+        rows.iter().map(|r| self.user_from_row(r)).collect()
+    }
+
+    fn user_from_row(&self, r: &AnyRow) -> Result<User, StoreError> {
+        let id: String = r.try_get("id")?;
+        let roles: String = r.try_get("roles")?;
+        let disabled: i64 = r.try_get("disabled")?;
+        let sealed_key = SealedKey { master_kid: r.try_get("master_kid")?, wrapped: r.try_get("data_key")? };
+        let data_key = self.keys.open_data_key(&sealed_key)?;
+        let open = |name: &str| -> Result<Option<String>, StoreError> {
+            let sealed: Option<Vec<u8>> = r.try_get(name)?;
+            sealed
+                .map(|s| {
+                    let plain = data_key.open(&s, &format!("users/{id}/{name}"))?;
+                    String::from_utf8(plain).map_err(|_| StoreError::Corrupt(format!("{name} is not UTF-8")))
+                })
+                .transpose()
+        };
+        Ok(User {
+            username: r.try_get("username")?,
+            password_hash: open("password_hash")?.ok_or_else(|| StoreError::Corrupt("no password hash".into()))?,
+            roles: serde_json::from_str(&roles).map_err(|e| StoreError::Corrupt(format!("roles: {e}")))?,
+            disabled: disabled != 0,
+            email: open("email")?,
+            display_name: open("display_name")?,
+            id,
+        })
     }
 
     /// Replaces a user's roles.
@@ -209,16 +310,13 @@ impl Store {
     }
 }
 
-fn user_from_row(r: &AnyRow) -> Result<User, StoreError> {
-    let roles: String = r.try_get("roles")?;
-    let disabled: i64 = r.try_get("disabled")?;
-    Ok(User {
-        id: r.try_get("id")?,
-        username: r.try_get("username")?,
-        password_hash: r.try_get("password_hash")?,
-        roles: serde_json::from_str(&roles).map_err(|e| StoreError::Corrupt(format!("roles: {e}")))?,
-        disabled: disabled != 0,
-    })
+/// A user's sealed columns.
+struct SealedUser {
+    key: SealedKey,
+    password_hash: Vec<u8>,
+    email: Option<Vec<u8>>,
+    display_name: Option<Vec<u8>>,
+    email_index: Option<String>,
 }
 
 /// Seconds since the epoch.

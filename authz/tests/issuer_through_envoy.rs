@@ -11,9 +11,15 @@ const AUTHZ: &str = env!("CARGO_BIN_EXE_authz");
 const PASSWORD: &str = "correct horse battery staple";
 
 fn add_user(stack: &Stack, username: &str, roles: &str) -> String {
-    let db = stack.database_url();
+    users(stack, &["add", "--username", username, "--roles", roles, "--email", &format!("{username}@example.org")])
+}
+
+/// Runs `authz users …` on the stack's store, the password on stdin.
+fn users(stack: &Stack, args: &[&str]) -> String {
+    let master = stack.dir().join("master-keys");
     let mut child = Command::new(AUTHZ)
-        .args(["users", "--database-url", db, "add", "--username", username, "--roles", roles])
+        .args(["users", "--database-url", stack.database_url(), "--master-keys-dir", master.to_str().unwrap()])
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

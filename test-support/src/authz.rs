@@ -170,6 +170,9 @@ impl Stack {
             let signing = dir.path().join("signing");
             std::fs::create_dir_all(&signing).expect("signing dir");
             std::fs::write(signing.join(format!("{}.pem", key.kid)), &key.private_pem).expect("signing key");
+            let master = dir.path().join("master-keys");
+            std::fs::create_dir_all(&master).expect("master key dir");
+            std::fs::write(master.join("master-1.key"), crate::tokens::random_key_base64()).expect("master key");
             extra.extend([
                 "--issue-tokens".to_string(),
                 "--token-addr".into(),
@@ -178,6 +181,8 @@ impl Stack {
                 signing.display().to_string(),
                 "--database-url".into(),
                 database_url.clone(),
+                "--master-keys-dir".into(),
+                master.display().to_string(),
             ]);
         }
         let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
@@ -192,7 +197,8 @@ impl Stack {
         &self.database_url
     }
 
-    /// The stack's private directory (signing keys in `signing/`, database `qiria.db`).
+    /// The stack's private directory (signing keys in `signing/`, master keys in
+    /// `master-keys/`, database `qiria.db`).
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }

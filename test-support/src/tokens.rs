@@ -97,3 +97,8 @@ pub fn alg_none(claims: &serde_json::Value) -> String {
     let b64 = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
     format!("{}.{}.", b64(br#"{"alg":"none","typ":"JWT"}"#), b64(claims.to_string().as_bytes()))
 }
+
+/// 32 random bytes, base64: a master key in the layout `authz keys generate-master` writes.
+pub fn random_key_base64() -> String {
+    base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>())
+}
