@@ -46,6 +46,13 @@ pub enum AuditEvent<'a> {
         username: &'a str,
         /// Client address.
         client_ip: &'a str,
+        /// The account was locked after repeated failures.
+        locked: bool,
+    },
+    /// A token request was refused by a rate limit.
+    RateLimited {
+        /// Client address.
+        client_ip: &'a str,
     },
     /// A refresh token was exchanged for a new pair.
     TokenRefreshed {
@@ -90,9 +97,10 @@ pub fn record(event: AuditEvent<'_>) {
         AuditEvent::LoginSucceeded { user, client_ip } => {
             info!(target: "qiria::audit", event = "login_succeeded", user, client_ip)
         }
-        AuditEvent::LoginFailed { username, client_ip } => {
-            warn!(target: "qiria::audit", event = "login_failed", username, client_ip)
+        AuditEvent::LoginFailed { username, client_ip, locked } => {
+            warn!(target: "qiria::audit", event = "login_failed", username, client_ip, locked)
         }
+        AuditEvent::RateLimited { client_ip } => warn!(target: "qiria::audit", event = "rate_limited", client_ip),
         AuditEvent::TokenRefreshed { user, client_ip } => {
             info!(target: "qiria::audit", event = "token_refreshed", user, client_ip)
         }

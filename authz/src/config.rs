@@ -116,6 +116,14 @@ pub struct IssuerConfig {
     pub access_ttl_secs: u64,
     /// Refresh token lifetime in seconds.
     pub refresh_ttl_secs: u64,
+    /// Token requests per client address per minute.
+    pub rate_per_ip_per_minute: u32,
+    /// Login attempts per username per minute.
+    pub rate_per_user_per_minute: u32,
+    /// Failed logins after which an account is locked.
+    pub lockout_failures: u32,
+    /// How long a locked account stays locked, in seconds.
+    pub lockout_secs: u64,
 }
 
 impl Default for IssuerConfig {
@@ -132,6 +140,10 @@ impl Default for IssuerConfig {
             audience: None,
             access_ttl_secs: 300,
             refresh_ttl_secs: 8 * 3600,
+            rate_per_ip_per_minute: 120,
+            rate_per_user_per_minute: 20,
+            lockout_failures: 5,
+            lockout_secs: 300,
         }
     }
 }
@@ -265,6 +277,9 @@ impl Config {
         }
         if self.issuer.access_ttl_secs == 0 || self.issuer.access_ttl_secs > MAX_ACCESS_TTL_SECS {
             return invalid("issuer.access_ttl_secs", "must be between 1 and 3600");
+        }
+        if self.issuer.lockout_failures == 0 || self.issuer.rate_per_ip_per_minute == 0 {
+            return invalid("issuer.lockout_failures", "and issuer.rate_per_ip_per_minute must be at least 1");
         }
         if self.issuer.refresh_ttl_secs < self.issuer.access_ttl_secs {
             return invalid("issuer.refresh_ttl_secs", "must be at least issuer.access_ttl_secs");

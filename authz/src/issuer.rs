@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use crate::audit::{self, AuditEvent};
 use crate::signing::SigningKeys;
 use crate::store::{now, Store, StoreError, User};
+use crate::throttle::{Throttle, ThrottleSettings, Verdict};
 
 /// What the issuer stamps into tokens and how long they live.
 #[derive(Debug, Clone)]
@@ -55,6 +56,9 @@ pub enum IssuerError {
     /// A `grant_type` we do not offer.
     #[error("unsupported_grant_type")]
     UnsupportedGrantType,
+    /// Too many requests from this client or for this user.
+    #[error("slow_down")]
+    TooManyRequests,
     /// No signing key loaded.
     #[error("no signing key")]
     NoSigningKey,
@@ -71,6 +75,7 @@ pub struct Issuer {
     store: Store,
     keys: Arc<ArcSwapOption<SigningKeys>>,
     settings: IssuerSettings,
+    throttle: Throttle,
     /// Verified against when the user does not exist, so both paths cost the same.
     decoy_hash: String,
 }
@@ -81,9 +86,21 @@ impl Issuer {
         store: Store,
         keys: Arc<ArcSwapOption<SigningKeys>>,
         settings: IssuerSettings,
+        throttle: &ThrottleSettings,
     ) -> Result<Self, IssuerError> {
         let decoy_hash = hash_password("decoy password, never used")?;
-        Ok(Self { store, keys, settings, decoy_hash })
+        Ok(Self { store, keys, settings, throttle: Throttle::new(throttle), decoy_hash })
+    }
+
+    /// Counts a token request from `client_ip` against its rate limit.
+    pub fn admit(&self, client_ip: &str) -> Result<(), IssuerError> {
+        match self.throttle.request(client_ip) {
+            Verdict::Proceed => Ok(()),
+            _ => {
+                audit::record(AuditEvent::RateLimited { client_ip });
+                Err(IssuerError::TooManyRequests)
+            }
+        }
     }
 
     /// The JWKS of every signing key.
@@ -103,7 +120,13 @@ impl Issuer {
         password: &str,
         client_ip: &str,
     ) -> Result<TokenResponse, IssuerError> {
-        let user = self.store.user_by_name(username).await?;
+        let verdict = self.throttle.login(username);
+        if verdict == Verdict::TooMany {
+            audit::record(AuditEvent::RateLimited { client_ip });
+            return Err(IssuerError::TooManyRequests);
+        }
+        // A locked account is answered like a wrong password, after the same work.
+        let user = if verdict == Verdict::Locked { None } else { self.store.user_by_name(username).await? };
         let hash = user.as_ref().map(|u| u.password_hash.clone()).unwrap_or_else(|| self.decoy_hash.clone());
         let password = password.to_string();
         let matches = tokio::task::spawn_blocking(move || verify_password(&hash, &password))
@@ -111,13 +134,18 @@ impl Issuer {
             .map_err(|e| IssuerError::Internal(e.to_string()))?;
         match user {
             Some(user) if matches && !user.disabled => {
+                self.throttle.outcome(username, true);
                 let family = random_token();
                 let response = self.mint(&user, &family).await?;
                 audit::record(AuditEvent::LoginSucceeded { user: &user.id, client_ip });
                 Ok(response)
             }
             _ => {
-                audit::record(AuditEvent::LoginFailed { username, client_ip });
+                let locked = verdict == Verdict::Locked;
+                if !locked {
+                    self.throttle.outcome(username, false);
+                }
+                audit::record(AuditEvent::LoginFailed { username, client_ip, locked });
                 Err(IssuerError::InvalidGrant)
             }
         }

@@ -25,5 +25,6 @@ pub mod sealing;
 pub mod server;
 pub mod signing;
 pub mod store;
+pub mod throttle;
 pub mod token_api;
 pub mod watch;

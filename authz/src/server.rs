@@ -25,6 +25,7 @@ use crate::policy::{self, PolicyBundle};
 use crate::sealing::MasterKeys;
 use crate::signing::SigningKeys;
 use crate::store::Store;
+use crate::throttle::ThrottleSettings;
 use crate::token_api;
 use crate::watch::watch_dir;
 
@@ -291,6 +292,12 @@ async fn start_issuer(
             audience: settings.audience.clone().or_else(|| config.jwt.audiences.first().cloned()).unwrap_or_default(),
             access_ttl: settings.access_ttl_secs as i64,
             refresh_ttl: settings.refresh_ttl_secs as i64,
+        },
+        &ThrottleSettings {
+            per_ip_per_minute: settings.rate_per_ip_per_minute,
+            per_user_per_minute: settings.rate_per_user_per_minute,
+            lockout_failures: settings.lockout_failures,
+            lockout: Duration::from_secs(settings.lockout_secs),
         },
     )?;
     let listener = TcpListener::bind(settings.addr).await?;

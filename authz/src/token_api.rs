@@ -43,13 +43,20 @@ impl IntoResponse for IssuerError {
                 "unsupported_grant_type",
                 "grant_type must be `password` or `refresh_token`".into(),
             ),
+            IssuerError::TooManyRequests => {
+                (StatusCode::TOO_MANY_REQUESTS, "slow_down", "too many requests; retry in a minute".into())
+            }
             IssuerError::NoSigningKey | IssuerError::Store(_) | IssuerError::Internal(_) => {
                 tracing::error!(error = %self, "token endpoint failed");
                 (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "try again later".into())
             }
         };
         let body = Json(serde_json::json!({ "error": error, "error_description": description }));
-        (status, [(header::CACHE_CONTROL, "no-store")], body).into_response()
+        let mut response = (status, [(header::CACHE_CONTROL, "no-store")], body).into_response();
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("60"));
+        }
+        response
     }
 }
 
@@ -95,8 +102,9 @@ fn client_ip(headers: &HeaderMap) -> String {
 }
 
 async fn token(State(issuer): State<Arc<Issuer>>, headers: HeaderMap, body: Bytes) -> Result<Response, IssuerError> {
-    let params = form(&headers, &body)?;
     let ip = client_ip(&headers);
+    issuer.admit(&ip)?;
+    let params = form(&headers, &body)?;
     let response = match required(&params, "grant_type")? {
         "password" => {
             let username = required(&params, "username")?;

@@ -240,3 +240,38 @@ async fn signing_key_rotation_under_load() {
         reqwest::get(stack.envoy.url("/.well-known/jwks.json")).await.unwrap().json().await.unwrap();
     assert_eq!(jwks["keys"].as_array().unwrap().len(), 1, "{jwks}");
 }
+
+#[tokio::test]
+async fn lockout_and_rate_limits() {
+    let stack = Stack::with_issuer_config(AUTHZ, None, "lockout_failures = 3\nrate_per_ip_per_minute = 20").await;
+    add_user(&stack, "dave", "User");
+    let attempt = |password: &'static str| {
+        let stack = &stack;
+        async move {
+            token_request(stack, &[("grant_type", "password"), ("username", "dave"), ("password", password)]).await
+        }
+    };
+    for _ in 0..3 {
+        assert_eq!(attempt("guess").await.1["error"], "invalid_grant");
+    }
+    // Locked: the right password gets the very same answer as a wrong one.
+    let (status, locked) = attempt(PASSWORD).await;
+    assert_eq!((status, locked["error"].as_str()), (400, Some("invalid_grant")));
+    assert!(stack.authz.output().contains("\"locked\":true"), "lockout not audited");
+
+    // Per client address: past 20 requests a minute, 429 with Retry-After, whatever the request.
+    let client = reqwest::Client::new();
+    let mut limited = None;
+    for _ in 0..20 {
+        let r =
+            client.post(stack.envoy.url("/v1/auth/token")).form(&[("grant_type", "password")]).send().await.unwrap();
+        if r.status() == 429 {
+            limited = Some(r);
+            break;
+        }
+    }
+    let limited = limited.expect("no 429 after the per-address limit");
+    assert_eq!(limited.headers().get("retry-after").unwrap(), "60");
+    assert_eq!(limited.json::<serde_json::Value>().await.unwrap()["error"], "slow_down");
+    assert!(stack.authz.output().contains("rate_limited"));
+}

@@ -144,13 +144,26 @@ impl Stack {
 
     /// The shipped policy, with authz also issuing tokens: signing key `test-rsa-1` in
     /// `signing_dir()`, an SQLite store in the stack's directory.
+    /// Rate limits are lifted, as the flows under test log in far more often than people do.
     pub async fn with_issuer(authz_bin: &str) -> Self {
-        Self::build(authz_bin, &workspace_root().join("policies/rego"), &[], Some(None)).await
+        Self::with_issuer_config(authz_bin, None, UNLIMITED).await
     }
 
     /// The same with the issuer's store at `database_url` (e.g. PostgreSQL).
     pub async fn with_issuer_on(authz_bin: &str, database_url: &str) -> Self {
-        Self::build(authz_bin, &workspace_root().join("policies/rego"), &[], Some(Some(database_url))).await
+        Self::with_issuer_config(authz_bin, Some(database_url), UNLIMITED).await
+    }
+
+    /// An issuer with `issuer_toml` as the `[issuer]` section of its config file.
+    pub async fn with_issuer_config(authz_bin: &str, database_url: Option<&str>, issuer_toml: &str) -> Self {
+        let config = tempfile::NamedTempFile::new().expect("config file");
+        std::fs::write(config.path(), format!("[issuer]\n{issuer_toml}\n")).expect("write config");
+        let path = config.path().display().to_string();
+        let stack =
+            Self::build(authz_bin, &workspace_root().join("policies/rego"), &["--config", &path], Some(database_url))
+                .await;
+        drop(config);
+        stack
     }
 
     /// `issuer`: `None` for no issuer, `Some(None)` for one on a fresh SQLite file.
@@ -220,6 +233,10 @@ impl Stack {
         self.key.sign(&crate::tokens::claims(sub, roles))
     }
 }
+
+/// `[issuer]` settings that lift the rate limits and the lockout.
+const UNLIMITED: &str =
+    "rate_per_ip_per_minute = 1000000\nrate_per_user_per_minute = 1000000\nlockout_failures = 1000000";
 
 /// Copies a directory tree.
 pub fn copy_dir(from: &Path, to: &Path) {
