@@ -108,6 +108,11 @@ impl Issuer {
         self.keys.load().as_ref().map(|k| k.jwks()).unwrap_or_else(|| serde_json::json!({ "keys": [] }))
     }
 
+    /// The user store (for the admin API).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// The issuer name.
     pub fn settings(&self) -> &IssuerSettings {
         &self.settings

@@ -302,7 +302,8 @@ async fn start_issuer(
     )?;
     let listener = TcpListener::bind(settings.addr).await?;
     info!(addr = %listener.local_addr()?, "token issuer listening");
-    let app = token_api::router(Arc::new(issuer));
+    let issuer = Arc::new(issuer);
+    let app = token_api::router(issuer.clone()).merge(token_api::admin_router(issuer));
     Ok(tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
             error!(error = %e, "token issuer failed");

@@ -145,3 +145,141 @@ async fn discovery(State(issuer): State<Arc<Issuer>>) -> Response {
     }))
     .into_response()
 }
+
+/// The admin API on users. Who may call it is decided by the Rego policy at Envoy
+/// (`users:manage`), never here: this port must only be reachable through Envoy.
+pub fn admin_router(issuer: Arc<Issuer>) -> axum::Router {
+    axum::Router::new()
+        .route("/v1/admin/users", get(list_users).post(create_user))
+        .route("/v1/admin/users/{username}/roles", axum::routing::put(set_roles))
+        .route("/v1/admin/users/{username}", axum::routing::delete(disable_user))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_FORM_BYTES))
+        .with_state(issuer)
+}
+
+/// A user as the admin API shows it (never the password hash).
+#[derive(serde::Serialize)]
+struct UserView {
+    id: String,
+    username: String,
+    roles: Vec<String>,
+    disabled: bool,
+    email: Option<String>,
+    display_name: Option<String>,
+}
+
+/// `POST /v1/admin/users`
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewUser {
+    username: String,
+    password: String,
+    roles: Vec<String>,
+    email: Option<String>,
+    display_name: Option<String>,
+}
+
+/// `PUT /v1/admin/users/{username}/roles`
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Roles {
+    roles: Vec<String>,
+}
+
+/// Reads a JSON body; a bad one is an `invalid_request` that says what is wrong.
+fn json_body<T: serde::de::DeserializeOwned>(headers: &HeaderMap, body: &Bytes) -> Result<T, IssuerError> {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !content_type.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/json") {
+        return Err(IssuerError::InvalidRequest("content type must be application/json".into()));
+    }
+    serde_json::from_slice(body).map_err(|e| IssuerError::InvalidRequest(format!("body: {e}")))
+}
+
+/// Role names go into headers and tokens: short, plain names only.
+fn check_roles(roles: &[String]) -> Result<(), IssuerError> {
+    let plain = |r: &String| {
+        !r.is_empty() && r.len() <= 64 && r.chars().all(|c| c.is_ascii_alphanumeric() || "-_:.".contains(c))
+    };
+    if roles.iter().all(plain) {
+        Ok(())
+    } else {
+        Err(IssuerError::InvalidRequest("`roles`: names of letters, digits, '-', '_', ':' or '.'".into()))
+    }
+}
+
+async fn list_users(State(issuer): State<Arc<Issuer>>) -> Result<Response, IssuerError> {
+    let users = issuer.store().users().await?;
+    let view: Vec<UserView> = users
+        .into_iter()
+        .map(|u| UserView {
+            id: u.id,
+            username: u.username,
+            roles: u.roles,
+            disabled: u.disabled,
+            email: u.email,
+            display_name: u.display_name,
+        })
+        .collect();
+    Ok(Json(view).into_response())
+}
+
+async fn create_user(
+    State(issuer): State<Arc<Issuer>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, IssuerError> {
+    let new: NewUser = json_body(&headers, &body)?;
+    if new.username.is_empty() || new.username.len() > 256 {
+        return Err(IssuerError::InvalidRequest("`username`: 1 to 256 characters".into()));
+    }
+    if new.password.chars().count() < 12 || new.password.len() > 1024 {
+        return Err(IssuerError::InvalidRequest("`password`: at least 12 characters".into()));
+    }
+    check_roles(&new.roles)?;
+    let password = new.password;
+    let hash = tokio::task::spawn_blocking(move || crate::issuer::hash_password(&password))
+        .await
+        .map_err(|e| IssuerError::Internal(e.to_string()))??;
+    let user = crate::store::User {
+        id: uuid::Uuid::new_v4().to_string(),
+        username: new.username,
+        password_hash: hash,
+        roles: new.roles,
+        disabled: false,
+        email: new.email,
+        display_name: new.display_name,
+    };
+    match issuer.store().add_user(&user).await {
+        Ok(()) => Ok((StatusCode::CREATED, Json(serde_json::json!({ "id": user.id }))).into_response()),
+        Err(crate::store::StoreError::Duplicate(name)) => {
+            Err(IssuerError::InvalidRequest(format!("`username`: `{name}` already exists")))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn set_roles(
+    State(issuer): State<Arc<Issuer>>,
+    axum::extract::Path(username): axum::extract::Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, IssuerError> {
+    let roles: Roles = json_body(&headers, &body)?;
+    check_roles(&roles.roles)?;
+    match issuer.store().set_roles(&username, &roles.roles).await {
+        Ok(()) => Ok(StatusCode::NO_CONTENT.into_response()),
+        Err(crate::store::StoreError::NoSuchUser(_)) => Ok(StatusCode::NOT_FOUND.into_response()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn disable_user(
+    State(issuer): State<Arc<Issuer>>,
+    axum::extract::Path(username): axum::extract::Path<String>,
+) -> Result<Response, IssuerError> {
+    match issuer.store().disable(&username).await {
+        Ok(()) => Ok(StatusCode::NO_CONTENT.into_response()),
+        Err(crate::store::StoreError::NoSuchUser(_)) => Ok(StatusCode::NOT_FOUND.into_response()),
+        Err(e) => Err(e.into()),
+    }
+}

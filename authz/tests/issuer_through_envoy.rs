@@ -275,3 +275,64 @@ async fn lockout_and_rate_limits() {
     assert_eq!(limited.json::<serde_json::Value>().await.unwrap()["error"], "slow_down");
     assert!(stack.authz.output().contains("rate_limited"));
 }
+
+#[tokio::test]
+async fn admin_api_is_for_admins_only_and_disabling_stops_refresh() {
+    let stack = Stack::with_issuer(AUTHZ).await;
+    add_user(&stack, "root", "Admin");
+    add_user(&stack, "erin", "User");
+    let login = |username: &'static str| {
+        let stack = &stack;
+        async move {
+            let (status, body) =
+                token_request(stack, &[("grant_type", "password"), ("username", username), ("password", PASSWORD)])
+                    .await;
+            (status, body)
+        }
+    };
+    let admin = login("root").await.1["access_token"].as_str().unwrap().to_string();
+    let erin = login("erin").await.1;
+    let client = reqwest::Client::new();
+    let url = |path: &str| stack.envoy.url(path);
+
+    // A User is stopped by the policy at Envoy; only Admin (users:manage) gets through.
+    let erin_access = erin["access_token"].as_str().unwrap();
+    assert_eq!(client.get(url("/v1/admin/users")).bearer_auth(erin_access).send().await.unwrap().status(), 403);
+    assert_eq!(client.get(url("/v1/admin/users")).send().await.unwrap().status(), 401);
+    let list: serde_json::Value =
+        client.get(url("/v1/admin/users")).bearer_auth(&admin).send().await.unwrap().json().await.unwrap();
+    let names: Vec<&str> = list.as_array().unwrap().iter().map(|u| u["username"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["erin", "root"]);
+    assert!(list.to_string().find("argon2").is_none(), "no password hash in the admin API");
+    assert_eq!(list[0]["email"], "erin@example.org");
+
+    // Create, with a clear error for a bad body.
+    let create = |body: serde_json::Value| client.post(url("/v1/admin/users")).bearer_auth(&admin).json(&body).send();
+    let bad = create(serde_json::json!({"username": "frank", "roles": ["Auditor"]})).await.unwrap();
+    assert_eq!(bad.status(), 400);
+    assert!(bad.json::<serde_json::Value>().await.unwrap()["error_description"].as_str().unwrap().contains("password"));
+    let made =
+        create(serde_json::json!({"username": "frank", "password": PASSWORD, "roles": ["Auditor"]})).await.unwrap();
+    assert_eq!(made.status(), 201);
+
+    // New roles show in the next login's token.
+    let put = client
+        .put(url("/v1/admin/users/frank/roles"))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({"roles": ["User"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 204);
+    let frank = login("frank").await.1;
+    let reply = stack.send(Http1, "GET", "/v1/jobs/1", frank["access_token"].as_str(), &[]).await;
+    assert_eq!(reply.upstream_header("x-qiria-roles"), vec!["User".to_string()]);
+
+    // Disabling takes effect at the next refresh and login.
+    let delete = client.delete(url("/v1/admin/users/erin")).bearer_auth(&admin).send().await.unwrap();
+    assert_eq!(delete.status(), 204);
+    let refresh = erin["refresh_token"].as_str().unwrap();
+    let (status, body) = token_request(&stack, &[("grant_type", "refresh_token"), ("refresh_token", refresh)]).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_grant")));
+    assert_eq!(login("erin").await.0, 400);
+}
