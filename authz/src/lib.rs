@@ -22,6 +22,7 @@ pub mod keys;
 pub mod metrics;
 pub mod policy;
 pub mod sealing;
+pub mod secret_dir;
 pub mod server;
 pub mod signing;
 pub mod store;

@@ -17,6 +17,8 @@ use rand::RngCore;
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
+use crate::secret_dir;
+
 const NONCE_LEN: usize = 12;
 
 /// The master keys of the secret directory, and the one new writes use.
@@ -68,36 +70,19 @@ pub struct SealedKey {
 impl MasterKeys {
     /// Loads every `<kid>.key` of `dir`; `active` (or the `active` file, or the only key) seals.
     pub fn load_dir(dir: &Path, active: Option<&str>) -> Result<Self, SealError> {
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| SealError::Io { path, source }
-        };
+        let files =
+            secret_dir::read(dir, |ext| ext == "key").map_err(|(path, source)| SealError::Io { path, source })?;
         let mut keys = BTreeMap::new();
-        for entry in std::fs::read_dir(dir).map_err(io(dir))? {
-            let path = entry.map_err(io(dir))?.path();
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            if name.starts_with('.') || !name.ends_with(".key") || !path.is_file() {
-                continue;
-            }
-            let text = Zeroizing::new(std::fs::read_to_string(&path).map_err(io(&path))?);
-            let bytes = Zeroizing::new(
-                base64::engine::general_purpose::STANDARD
-                    .decode(text.trim())
-                    .map_err(|_| SealError::BadKey(path.clone()))?,
-            );
-            let key: [u8; 32] = bytes.as_slice().try_into().map_err(|_| SealError::BadKey(path.clone()))?;
-            keys.insert(name.trim_end_matches(".key").to_string(), Zeroizing::new(key));
+        for file in files {
+            let bad = || SealError::BadKey(file.path.clone());
+            let text = std::str::from_utf8(&file.bytes).map_err(|_| bad())?;
+            let bytes =
+                Zeroizing::new(base64::engine::general_purpose::STANDARD.decode(text.trim()).map_err(|_| bad())?);
+            let key: [u8; 32] = bytes.as_slice().try_into().map_err(|_| bad())?;
+            keys.insert(file.kid, Zeroizing::new(key));
         }
-        let marker = dir.join("active");
-        let active = match active {
-            Some(kid) => kid.to_string(),
-            None if marker.is_file() => std::fs::read_to_string(&marker).map_err(io(&marker))?.trim().to_string(),
-            None if keys.len() == 1 => keys.keys().next().cloned().unwrap_or_default(),
-            None => return Err(SealError::NoActiveKey(format!("{} keys and no `active` file", keys.len()))),
-        };
-        if !keys.contains_key(&active) {
-            return Err(SealError::NoActiveKey(format!("kid `{active}` is not in {}", dir.display())));
-        }
+        let kids = keys.keys().cloned().collect();
+        let active = secret_dir::active(dir, active, &kids).map_err(SealError::NoActiveKey)?;
         Ok(Self { active, keys })
     }
 

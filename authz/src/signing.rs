@@ -11,6 +11,8 @@ use jsonwebtoken::{Algorithm, EncodingKey};
 use p256::pkcs8::DecodePrivateKey;
 use rsa::traits::PublicKeyParts;
 
+use crate::secret_dir;
+
 /// One private key.
 pub struct SigningKey {
     /// Key id (the file stem), written into every token's header.
@@ -51,37 +53,16 @@ pub enum SigningError {
 impl SigningKeys {
     /// Loads every `*.pem` of `dir`; `active` (or the `active` file) names the signing key.
     pub fn load_dir(dir: &Path, active: Option<&str>) -> Result<Self, SigningError> {
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| SigningError::Io { path, source }
-        };
+        let files =
+            secret_dir::read(dir, |ext| ext == "pem").map_err(|(path, source)| SigningError::Io { path, source })?;
         let mut keys = BTreeMap::new();
-        for entry in std::fs::read_dir(dir).map_err(io(dir))? {
-            let path = entry.map_err(io(dir))?.path();
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            if name.starts_with('.') || !name.ends_with(".pem") || !path.is_file() {
-                continue;
-            }
-            let pem = std::fs::read_to_string(&path).map_err(io(&path))?;
-            let kid = name.trim_end_matches(".pem").to_string();
-            keys.insert(kid.clone(), parse(&kid, &pem).ok_or_else(|| SigningError::NotAKey(path.clone()))?);
+        for file in files {
+            let pem = std::str::from_utf8(&file.bytes).map_err(|_| SigningError::NotAKey(file.path.clone()))?;
+            let key = parse(&file.kid, pem).ok_or_else(|| SigningError::NotAKey(file.path.clone()))?;
+            keys.insert(file.kid, key);
         }
-        let marker = dir.join("active");
-        let active = match active {
-            Some(kid) => kid.to_string(),
-            None if marker.is_file() => std::fs::read_to_string(&marker).map_err(io(&marker))?.trim().to_string(),
-            None if keys.len() == 1 => keys.keys().next().cloned().unwrap_or_default(),
-            None => {
-                return Err(SigningError::NoActiveKey(format!(
-                    "{} keys and no `active` file in {}",
-                    keys.len(),
-                    dir.display()
-                )))
-            }
-        };
-        if !keys.contains_key(&active) {
-            return Err(SigningError::NoActiveKey(format!("kid `{active}` is not in {}", dir.display())));
-        }
+        let kids = keys.keys().cloned().collect();
+        let active = secret_dir::active(dir, active, &kids).map_err(SigningError::NoActiveKey)?;
         Ok(Self { active, keys })
     }
 

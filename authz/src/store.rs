@@ -98,7 +98,7 @@ impl Store {
     pub async fn add_user(&self, user: &User) -> Result<(), StoreError> {
         let roles = serde_json::to_string(&user.roles).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let sealed = self.seal(user)?;
-        let result = sqlx::query(
+        let query = sqlx::query(
             "INSERT INTO users (id, username, roles, disabled, created_at, master_kid, data_key, password_hash, \
              email, display_name, email_index) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
@@ -106,15 +106,8 @@ impl Store {
         .bind(&user.username)
         .bind(roles)
         .bind(i64::from(user.disabled))
-        .bind(now())
-        .bind(sealed.key.master_kid)
-        .bind(sealed.key.wrapped)
-        .bind(sealed.password_hash)
-        .bind(sealed.email)
-        .bind(sealed.display_name)
-        .bind(sealed.email_index)
-        .execute(&self.pool)
-        .await;
+        .bind(now());
+        let result = sealed.bind(query).execute(&self.pool).await;
         match result {
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
                 Err(StoreError::Duplicate(user.username.clone()))
@@ -157,19 +150,11 @@ impl Store {
         for row in rows {
             let user = self.user_from_row(&row)?;
             let sealed = self.seal(&user)?;
-            sqlx::query(
+            let query = sqlx::query(
                 "UPDATE users SET master_kid = $1, data_key = $2, password_hash = $3, email = $4, display_name = $5, \
                  email_index = $6 WHERE id = $7",
-            )
-            .bind(sealed.key.master_kid)
-            .bind(sealed.key.wrapped)
-            .bind(sealed.password_hash)
-            .bind(sealed.email)
-            .bind(sealed.display_name)
-            .bind(sealed.email_index)
-            .bind(&user.id)
-            .execute(&self.pool)
-            .await?;
+            );
+            sealed.bind(query).bind(&user.id).execute(&self.pool).await?;
             moved += 1;
         }
         Ok(moved)
@@ -317,6 +302,21 @@ struct SealedUser {
     email: Option<Vec<u8>>,
     display_name: Option<Vec<u8>>,
     email_index: Option<String>,
+}
+
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+impl SealedUser {
+    /// Binds, in this order: master_kid, data_key, password_hash, email, display_name, email_index.
+    fn bind(self, query: AnyQuery<'_>) -> AnyQuery<'_> {
+        query
+            .bind(self.key.master_kid)
+            .bind(self.key.wrapped)
+            .bind(self.password_hash)
+            .bind(self.email)
+            .bind(self.display_name)
+            .bind(self.email_index)
+    }
 }
 
 /// Seconds since the epoch.
