@@ -336,3 +336,27 @@ async fn admin_api_is_for_admins_only_and_disabling_stops_refresh() {
     assert_eq!((status, body["error"].as_str()), (400, Some("invalid_grant")));
     assert_eq!(login("erin").await.0, 400);
 }
+
+#[tokio::test]
+async fn es256_signing_key() {
+    let stack = Stack::with_issuer(AUTHZ).await;
+    add_user(&stack, "gina", "Auditor");
+    let ec = qiria_test_support::tokens::SigningKey::ec("ec-1");
+    ec.write_public(&stack.keys_dir);
+    let signing = stack.dir().join("signing");
+    std::fs::write(signing.join("ec-1.pem"), &ec.private_pem).unwrap();
+    std::fs::write(signing.join("active"), "ec-1").unwrap();
+    let issued = qiria_test_support::wait_until(std::time::Duration::from_secs(10), || async {
+        let (_, body) =
+            token_request(&stack, &[("grant_type", "password"), ("username", "gina"), ("password", PASSWORD)]).await;
+        let token = body["access_token"].as_str().unwrap_or_default().to_string();
+        jsonwebtoken::decode_header(&token).is_ok_and(|h| h.alg == jsonwebtoken::Algorithm::ES256)
+            && stack.send(Http1, "GET", "/v1/audit/events", Some(&token), &[]).await.status == 200
+    })
+    .await;
+    assert!(issued, "no verifiable ES256 token");
+    let jwks: serde_json::Value =
+        reqwest::get(stack.envoy.url("/.well-known/jwks.json")).await.unwrap().json().await.unwrap();
+    let ec_jwk = jwks["keys"].as_array().unwrap().iter().find(|k| k["kid"] == "ec-1").cloned().unwrap();
+    assert_eq!((ec_jwk["kty"].as_str(), ec_jwk["crv"].as_str()), (Some("EC"), Some("P-256")));
+}
