@@ -13,7 +13,7 @@ use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorization;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse};
-use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value as PbValue};
+use envoy_types::pb::google::protobuf::{value::Kind, ListValue, Struct, Value as PbValue};
 use envoy_types::pb::google::rpc;
 use prometheus_client::metrics::counter::Counter;
 use tonic::{Request, Response, Status};
@@ -140,6 +140,7 @@ impl Authorizer {
             }
             Ok(decision)
         });
+        let policy_metadata = evaluated.as_ref().ok().and_then(|d| d.dynamic_metadata.clone());
         let (mut response, status) = match (evaluated, &identity) {
             (Ok(decision), Ok(identity)) if decision.allowed => {
                 allow(&decision, Some((&identity.subject, &identity.roles)), self.forward_token, &decision_id)
@@ -154,13 +155,16 @@ impl Authorizer {
                 deny(&denial, &Decision::default(), &decision_id)
             }
         };
-        let allowed = status == 200;
-        response.dynamic_metadata = Some(metadata(&decision_id, revision, allowed, status));
-        match status {
-            200 => self.counters.allowed.inc(),
-            401 => self.counters.unauthenticated.inc(),
-            403 => self.counters.forbidden.inc(),
-            _ => self.metrics.decisions.get_or_create(&DecisionLabels { outcome: "deny", status }).inc(),
+        let allowed = matches!(response.http_response, Some(HttpResponse::OkResponse(_)));
+        response.dynamic_metadata = Some(metadata(&decision_id, revision, allowed, status, policy_metadata.as_ref()));
+        match (allowed, status) {
+            (true, 200) => self.counters.allowed.inc(),
+            (false, 401) => self.counters.unauthenticated.inc(),
+            (false, 403) => self.counters.forbidden.inc(),
+            (allowed, status) => {
+                let outcome = if allowed { "allow" } else { "deny" };
+                self.metrics.decisions.get_or_create(&DecisionLabels { outcome, status }).inc()
+            }
         };
         self.metrics.decision_seconds.observe(started.elapsed().as_secs_f64());
         if self.log_decisions {
@@ -305,14 +309,35 @@ fn header_safe(value: &str) -> bool {
     value.bytes().all(|b| (0x20..0x7f).contains(&b))
 }
 
-fn metadata(decision_id: &str, revision: &str, allowed: bool, status: u16) -> Struct {
+/// Dynamic metadata for Envoy: the policy's own entries, then ours (which it cannot override).
+fn metadata(decision_id: &str, revision: &str, allowed: bool, status: u16, policy: Option<&JsonMap>) -> Struct {
     let string = |s: &str| PbValue { kind: Some(Kind::StringValue(s.to_string())) };
-    let mut fields = std::collections::HashMap::with_capacity(4);
+    let mut fields = std::collections::HashMap::with_capacity(4 + policy.map_or(0, |p| p.len()));
+    for (key, value) in policy.into_iter().flatten() {
+        fields.insert(key.clone(), pb_value(value));
+    }
     fields.insert(DECISION_ID_KEY.to_string(), string(decision_id));
     fields.insert("bundle_revision".to_string(), string(revision));
     fields.insert("allowed".to_string(), PbValue { kind: Some(Kind::BoolValue(allowed)) });
     fields.insert("status".to_string(), PbValue { kind: Some(Kind::NumberValue(f64::from(status))) });
     Struct { fields }
+}
+
+type JsonMap = serde_json::Map<String, serde_json::Value>;
+
+fn pb_value(value: &serde_json::Value) -> PbValue {
+    use serde_json::Value as J;
+    let kind = match value {
+        J::Null => Kind::NullValue(0),
+        J::Bool(b) => Kind::BoolValue(*b),
+        J::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        J::String(s) => Kind::StringValue(s.clone()),
+        J::Array(items) => Kind::ListValue(ListValue { values: items.iter().map(pb_value).collect() }),
+        J::Object(map) => {
+            Kind::StructValue(Struct { fields: map.iter().map(|(k, v)| (k.clone(), pb_value(v))).collect() })
+        }
+    };
+    PbValue { kind: Some(kind) }
 }
 
 /// The tonic service around an [`Authorizer`].

@@ -20,6 +20,16 @@ async fn opa_envoy_policy_decides_the_same_here() {
     assert_eq!(reply.upstream_header("x-ext-auth-allow"), vec!["yes".to_string()]);
     assert!(reply.upstream_header("x-internal").is_empty(), "request_headers_to_remove ignored");
     assert_eq!(reply.headers.get("x-served-by").unwrap(), "opa-policy");
+    // The policy's dynamic metadata reaches Envoy next to ours, which it cannot override.
+    let decision_id = reply.upstream_header("x-qiria-decision-id").pop().unwrap();
+    let logged =
+        qiria_test_support::wait_until(std::time::Duration::from_secs(5), || async {
+            stack.envoy.access_log().iter().any(|l| {
+                l["ext_authz"]["policy_tag"] == "people" && l["ext_authz"]["decision_id"] == decision_id.as_str()
+            })
+        })
+        .await;
+    assert!(logged, "{:?}", stack.envoy.access_log());
 
     // `parsed_path` works on Envoy's normalised path: /people/../admin is /admin.
     let reply = stack.send(Http1, "GET", "/people/../admin", None, &[]).await;
