@@ -32,6 +32,8 @@ pub struct Plan {
     pub connections: u32,
     /// Streams per connection.
     pub streams: u32,
+    /// After the largest rotation, keep its load this long, sampling authz's RSS (0: no soak).
+    pub soak_seconds: u64,
 }
 
 impl Plan {
@@ -44,12 +46,21 @@ impl Plan {
             rotations: vec![2_000, 100_000],
             connections: 4,
             streams: 16,
+            soak_seconds: 0,
         }
     }
 
     /// A run that only shows everything works (CI).
     pub fn smoke() -> Self {
-        Self { seconds: 1, rate_seconds: 1, unloaded_requests: 100, rotations: vec![200], connections: 2, streams: 4 }
+        Self {
+            seconds: 1,
+            rate_seconds: 1,
+            unloaded_requests: 100,
+            rotations: vec![200],
+            connections: 2,
+            streams: 4,
+            soak_seconds: 0,
+        }
     }
 }
 
@@ -85,6 +96,8 @@ pub struct Row {
     pub unloaded_p50_ms: Option<f64>,
     /// Backend peak RSS in MiB.
     pub backend_rss_mib: Option<f64>,
+    /// Backend RSS (seconds into the soak, MiB) while the load kept running.
+    pub soak_rss: Vec<(u64, f64)>,
 }
 
 enum Filters {
@@ -281,10 +294,50 @@ fn run_one(
                 result["other"].as_u64().unwrap_or(0) + result["errors"].as_u64().unwrap_or(0),
             );
             (row.envoy_cpu_us, row.backend_cpu_us) = per_request(before, after, done);
+            let largest = plan.rotations.iter().max() == Some(count);
+            if let (true, Some(pid)) = (largest && plan.soak_seconds > 0, backend.as_ref().and_then(|b| b.pid())) {
+                row.soak_rss = soak(&bins.loadgen, &url("/v1/jobs/42"), &tokens_file, &c, &m, plan.soak_seconds, pid)?;
+            }
         }
     }
     row.backend_rss_mib = backend.as_ref().and_then(|b| b.pid()).and_then(peak_rss_mib);
     Ok(row)
+}
+
+/// Runs the rotating load for `seconds` more, sampling the backend's RSS every 15 s.
+fn soak(
+    bin: &Path,
+    url: &str,
+    tokens: &Path,
+    c: &str,
+    m: &str,
+    seconds: u64,
+    pid: u32,
+) -> anyhow::Result<Vec<(u64, f64)>> {
+    let mut load = Command::new("taskset")
+        .args(["-c", "1"])
+        .arg(bin)
+        .args([
+            url,
+            &tokens.display().to_string(),
+            "--connections",
+            c,
+            "--streams",
+            m,
+            "--seconds",
+            &seconds.to_string(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    let started = std::time::Instant::now();
+    let mut samples = Vec::new();
+    while load.try_wait()?.is_none() {
+        if let Some(rss) = crate::proc_stats::rss_mib(pid) {
+            samples.push((started.elapsed().as_secs(), rss));
+        }
+        std::thread::sleep(Duration::from_secs(15));
+    }
+    Ok(samples)
 }
 
 fn read_bench_file(name: &str) -> anyhow::Result<String> {

@@ -116,6 +116,19 @@ pub fn render(rows: &[Row], instructions: &[(&str, anyhow::Result<f64>)], plan: 
     if let Some(big) = rows.iter().find(|r| r.name.contains("100000")) {
         target("authz peak RSS with 100,000 cached tokens ≤ 64 MiB", big.backend_rss_mib, Some(64.0), "MiB");
     }
+    if let Some(soaked) = rows.iter().find(|r| !r.soak_rss.is_empty()) {
+        let _ = writeln!(out, "\n## Memory under sustained load ({})\n", soaked.name);
+        let series: Vec<String> = soaked.soak_rss.iter().map(|(t, mib)| format!("{t} s: {mib:.1}")).collect();
+        let _ = writeln!(out, "authz RSS in MiB — {}", series.join(", "));
+        let quarter = soaked.soak_rss[soaked.soak_rss.len() / 4].1;
+        let last = soaked.soak_rss[soaked.soak_rss.len() - 1].1;
+        let _ = writeln!(
+            out,
+            "\nfrom the first quarter to the end: {:+.1} MiB ({:+.1} %)",
+            last - quarter,
+            (last - quarter) * 100.0 / quarter
+        );
+    }
     let _ = writeln!(out, "\n## Instructions per decision (callgrind, in process, shipped bundle)\n");
     for (name, result) in instructions {
         match result {

@@ -14,11 +14,15 @@ struct Args {
     /// Where to write the Markdown report.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Keep the 100,000-token load this many minutes, sampling authz's memory (at most 30).
+    #[arg(long, default_value_t = 0)]
+    soak_minutes: u64,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let plan = if args.smoke { Plan::smoke() } else { Plan::full() };
+    let mut plan = if args.smoke { Plan::smoke() } else { Plan::full() };
+    plan.soak_seconds = args.soak_minutes.min(30) * 60;
     let dir = std::env::current_exe()?.parent().map(PathBuf::from).unwrap_or_default();
     let bins = Binaries {
         envoy: qiria_test_support::envoy::binary(),
