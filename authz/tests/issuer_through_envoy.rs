@@ -141,7 +141,9 @@ async fn discovery_documents_and_bad_input() {
     let long = post(long.into_bytes(), "application/x-www-form-urlencoded").await.unwrap();
     assert_eq!(long.status(), 400);
     let huge = format!("grant_type=password&username=bob&password={}", "p".repeat(1 << 20));
-    assert_eq!(post(huge.into_bytes(), "application/x-www-form-urlencoded").await.unwrap().status(), 413);
+    let huge = post(huge.into_bytes(), "application/x-www-form-urlencoded").await.unwrap();
+    assert_eq!(huge.status(), 413);
+    assert_eq!(huge.json::<serde_json::Value>().await.unwrap()["error"], "invalid_request");
 
     // Nothing was issued by any of that: bob's first real login is still the first.
     let (status, _) =
