@@ -27,7 +27,7 @@ const CASES: &[(&[&str], Protocol, &str, &str, bool)] = &[
     (&["Auditor"], Http1, "DELETE", "/v1/admin/users/bob", false),
     (&["Admin"], Grpc, "POST", "/qiria.admin.v1.UserService/SetRoles", true),
     (&["Admin"], Grpc, "POST", "/qiria.admin.v1.KeyService/RotateKeys", true),
-    (&["Admin"], Http1, "PUT", "/v1/admin/users/bob/roles", true),
+    (&["Admin"], Http1, "GET", "/v1/admin/jobs", true),
     (&["Admin"], Http1, "POST", "/v1/admin/keys/rotate", true),
     (&["Admin"], Http1, "GET", "/v1/unknown/route", false),
     (&["Admin"], Http1, "PATCH", "/v1/jobs/42", false),
