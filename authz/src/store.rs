@@ -125,14 +125,14 @@ impl Store {
             password_hash: data_key.seal(user.password_hash.as_bytes(), &format!("users/{}/password_hash", user.id))?,
             email: field("email", user.email.as_ref())?,
             display_name: field("display_name", user.display_name.as_ref())?,
-            email_index: user.email.as_deref().map(|e| self.keys.email_index(e)),
+            email_index: user.email.as_deref().map(|e| self.keys.email_index(e)).transpose()?,
             key,
         })
     }
 
     /// A user by email (through the keyed index; every loaded master key is tried).
     pub async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
-        for index in self.keys.email_indexes(email) {
+        for index in self.keys.email_indexes(email)? {
             let query = format!("SELECT {USER_COLUMNS} FROM users WHERE email_index = $1");
             if let Some(row) = sqlx::query(&query).bind(index).fetch_optional(&self.pool).await? {
                 return self.user_from_row(&row).map(Some);
