@@ -349,6 +349,36 @@ mod tests {
     }
 
     #[test]
+    fn peer_principal_address_and_metadata_are_mapped() {
+        use envoy_types::pb::envoy::config::core::v3::SocketAddress;
+        let mut req = request("GET", "/", &[], "");
+        let attributes = req.attributes.as_mut().unwrap();
+        attributes.source = Some(Peer {
+            address: Some(Address {
+                address: Some(address::Address::SocketAddress(SocketAddress {
+                    address: "10.1.2.3".into(),
+                    port_specifier: Some(PortSpecifier::PortValue(41000)),
+                    ..Default::default()
+                })),
+            }),
+            principal: "spiffe://cluster.local/ns/web/sa/frontend".into(),
+            ..Default::default()
+        });
+        let tag = PbValue { kind: Some(Kind::StringValue("blue".into())) };
+        let filter = Struct { fields: [("tag".to_string(), tag)].into_iter().collect() };
+        attributes.metadata_context = Some(Metadata {
+            filter_metadata: [("envoy.lb".to_string(), filter)].into_iter().collect(),
+            ..Default::default()
+        });
+        let input = json(&build(&req, Err(&IdentityError::Missing)).unwrap());
+        let source = &input["attributes"]["source"];
+        assert_eq!(source["address"]["socketAddress"]["address"], "10.1.2.3");
+        assert_eq!(source["address"]["socketAddress"]["portValue"], 41000);
+        assert_eq!(input["source_principal"], "spiffe://cluster.local/ns/web/sa/frontend");
+        assert_eq!(input["attributes"]["metadataContext"]["filterMetadata"]["envoy.lb"]["tag"], "blue");
+    }
+
+    #[test]
     fn partial_body_is_flagged_and_not_parsed() {
         let req =
             request("POST", "/", &[("content-type", "application/json"), (PARTIAL_BODY_HEADER, "true")], "{\"a\":");
