@@ -101,6 +101,7 @@ fn client_ip(headers: &HeaderMap) -> String {
         .unwrap_or_default()
 }
 
+#[tracing::instrument(name = "issuer.token", level = "debug", skip_all)]
 async fn token(State(issuer): State<Arc<Issuer>>, headers: HeaderMap, body: Bytes) -> Result<Response, IssuerError> {
     let ip = client_ip(&headers);
     issuer.admit(&ip)?;
@@ -120,6 +121,7 @@ async fn token(State(issuer): State<Arc<Issuer>>, headers: HeaderMap, body: Byte
     Ok(([(header::CACHE_CONTROL, "no-store"), (header::PRAGMA, "no-cache")], Json(response)).into_response())
 }
 
+#[tracing::instrument(name = "issuer.revoke", level = "debug", skip_all)]
 async fn revoke(State(issuer): State<Arc<Issuer>>, headers: HeaderMap, body: Bytes) -> Result<Response, IssuerError> {
     let params = form(&headers, &body)?;
     issuer.revoke(required(&params, "token")?, &client_ip(&headers)).await?;
