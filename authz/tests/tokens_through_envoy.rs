@@ -29,6 +29,11 @@ async fn bad_tokens_are_denied_with_their_reason() {
     let unknown_kid = SigningKey::rsa("nobody");
     let mut no_kid = Header::new(jsonwebtoken::Algorithm::RS256);
     no_kid.kid = None;
+    // Header-supplied key locations are never followed: the stranger's key stays a stranger.
+    let mut pointing = Header::new(jsonwebtoken::Algorithm::RS256);
+    pointing.kid = Some("test-rsa-1".into());
+    pointing.jku = Some("https://evil.example/jwks.json".into());
+    pointing.x5u = Some("https://evil.example/cert.pem".into());
 
     let cases: Vec<(&str, String, &str)> = vec![
         ("expired", key.sign(&with("exp", (now() - 120).into())), "expired"),
@@ -42,6 +47,7 @@ async fn bad_tokens_are_denied_with_their_reason() {
         ("bad signature", stranger.sign(&good), "bad_signature"),
         ("unknown kid", unknown_kid.sign(&good), "unknown_kid"),
         ("no kid", key.sign_with_header(&no_kid, &good), "unknown_kid"),
+        ("jku / x5u in the header", stranger.sign_with_header(&pointing, &good), "bad_signature"),
         ("alg none", alg_none(&good), "unsupported_alg"),
         ("HS256 with the public key", key.hs256_with_public_key(&good), "unsupported_alg"),
         ("garbage", "not.a.token".to_string(), "malformed"),
