@@ -138,11 +138,6 @@ impl TokenVerifier {
         self.cache.invalidate_all();
     }
 
-    /// The current key set, if one was loaded.
-    pub fn keys(&self) -> arc_swap::Guard<Arc<Option<KeySet>>> {
-        self.keys.load()
-    }
-
     /// Number of verified tokens in the cache (approximate).
     pub fn cached_tokens(&self) -> u64 {
         self.cache.entry_count()

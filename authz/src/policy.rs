@@ -253,11 +253,6 @@ impl PolicyBundle {
         &self.revision
     }
 
-    /// The rule that decides, if the bundle was loaded with one.
-    pub fn decision_rule(&self) -> Option<&str> {
-        self.decision_rule.as_deref()
-    }
-
     /// Number of files in the bundle.
     pub fn files(&self) -> usize {
         self.files
