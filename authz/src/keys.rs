@@ -11,6 +11,8 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgo
 use jsonwebtoken::{Algorithm, DecodingKey};
 use sha2::{Digest, Sha256};
 
+use crate::secret_dir;
+
 /// One public key, usable for exactly one algorithm.
 pub struct VerifyKey {
     /// Key id, matched against the token header's `kid`.
@@ -76,12 +78,14 @@ impl KeySet {
     pub fn load_dir(dir: &Path) -> Result<Self, KeyError> {
         let mut keys: BTreeMap<String, Arc<VerifyKey>> = BTreeMap::new();
         let mut hasher = Sha256::new();
-        for path in key_files(dir)? {
-            let bytes = std::fs::read(&path).map_err(|source| KeyError::Io { path: path.clone(), source })?;
+        let files = secret_dir::read(dir, |ext| matches!(ext, "pem" | "pub" | "jwk" | "json" | "jwks"))
+            .map_err(|(path, source)| KeyError::Io { path, source })?;
+        for file in files {
+            let path = file.path;
             hasher.update(path.file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default());
             hasher.update([0]);
-            hasher.update(&bytes);
-            for key in parse_key_file(&path, &bytes)? {
+            hasher.update(&*file.bytes);
+            for key in parse_key_file(&path, &file.bytes)? {
                 if let Some(existing) = keys.get(&key.kid) {
                     return Err(KeyError::DuplicateKid {
                         kid: key.kid.clone(),
@@ -122,23 +126,6 @@ impl KeySet {
 }
 
 /// Key files of a directory: visible regular files (or links to them) with a key extension.
-fn key_files(dir: &Path) -> Result<Vec<PathBuf>, KeyError> {
-    let io = |source| KeyError::Io { path: dir.to_path_buf(), source };
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(io)? {
-        let path = entry.map_err(io)?.path();
-        let hidden = path.file_name().and_then(|n| n.to_str()).is_none_or(|n| n.starts_with('.'));
-        if hidden || !path.is_file() {
-            continue;
-        }
-        if matches!(extension(&path), "pem" | "pub" | "jwk" | "json" | "jwks") {
-            files.push(path);
-        }
-    }
-    files.sort();
-    Ok(files)
-}
-
 fn extension(path: &Path) -> &str {
     path.extension().and_then(|e| e.to_str()).unwrap_or("")
 }

@@ -374,18 +374,17 @@ fn collect_files(dir: &Path, rego: &mut Vec<PathBuf>, data: &mut Vec<PathBuf>) -
     Ok(())
 }
 
-/// A content fingerprint of the policy directory, cheap enough to poll.
+/// The revision the directory's current content would load as, without parsing it: cheap
+/// enough to poll, and equal to [`PolicyBundle::revision`] of a bundle loaded from it.
 pub fn dir_fingerprint(dir: &Path) -> Result<String, PolicyError> {
     let (mut rego, mut data) = (Vec::new(), Vec::new());
     collect_files(dir, &mut rego, &mut data)?;
-    rego.append(&mut data);
     rego.sort();
+    data.sort();
     let mut hasher = Sha256::new();
-    for path in rego {
-        let text = std::fs::read(&path).map_err(|source| PolicyError::Io { path: path.clone(), source })?;
-        hasher.update(path.as_os_str().as_encoded_bytes());
-        hasher.update([0]);
-        hasher.update(&text);
+    for path in rego.iter().chain(&data) {
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Io { path: path.clone(), source })?;
+        hash_file(&mut hasher, dir, path, &text);
     }
     Ok(hex::encode(&hasher.finalize()[..8]))
 }
@@ -457,6 +456,16 @@ mod tests {
         assert!(bundle("package t\nallow := true\n").unwrap().decision_cache().is_none());
         let cached = bundle("package t\nallow := true\ncache_decisions := true\n").unwrap();
         assert!(cached.decision_cache().is_some());
+    }
+
+    #[test]
+    fn fingerprint_of_a_directory_is_the_revision_it_loads_as() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("x")).unwrap();
+        std::fs::write(dir.path().join("t.rego"), "package t\nallow := data.x.v == 1\n").unwrap();
+        std::fs::write(dir.path().join("x/data.json"), r#"{"v":1}"#).unwrap();
+        let bundle = PolicyBundle::load_dir(dir.path(), &options()).unwrap();
+        assert_eq!(dir_fingerprint(dir.path()).unwrap(), bundle.revision());
     }
 
     #[test]

@@ -89,10 +89,13 @@ impl Service {
                 return;
             }
         }
+        // Remember the content looked at before loading: were it read again afterwards, an
+        // edit landing in between would be marked seen without ever being loaded.
+        let seen = fingerprint.as_ref().ok().cloned();
         let result = fingerprint
             .and_then(|_| PolicyBundle::load_dir(dir, &self.config.bundle_options()).map_err(|e| e.to_string()));
         let mut health = self.health();
-        health.policy.seen = fingerprint_of(dir);
+        health.policy.seen = seen;
         match result {
             Ok(bundle) => {
                 let previous = health.policy.active.clone();
@@ -174,10 +177,6 @@ impl Service {
             self.runtime.block_on(update);
         }
     }
-}
-
-fn fingerprint_of(dir: &std::path::Path) -> Option<String> {
-    policy::dir_fingerprint(dir).ok()
 }
 
 fn now_secs() -> u64 {

@@ -88,7 +88,13 @@ async fn oversized_and_malformed_requests_are_refused_cleanly() {
     // Garbage that is not HTTP at all.
     assert_eq!(raw_status(port, b"\x16\x03\x01garbage\r\n\r\n"), 400);
 
-    // None of it reached the upstream or hurt authz.
+    // None of it reached the upstream or hurt authz. Envoy flushes its access log every
+    // 100 ms: wait until it holds the refusals, so the check below is not vacuous.
+    let logged = qiria_test_support::wait_until(std::time::Duration::from_secs(5), || async {
+        stack.envoy.access_log().len() >= 5
+    })
+    .await;
+    assert!(logged, "{:?}", stack.envoy.access_log());
     assert!(stack.envoy.access_log().iter().all(|l| l["status"] != 200), "{:?}", stack.envoy.access_log());
     assert_eq!(stack.authz.health().await["policy"]["last_error"], serde_json::Value::Null);
     let ok = stack.send(Http1, "GET", "/v1/jobs/1", Some(&admin), &[]).await;

@@ -49,8 +49,7 @@ pub async fn send(
     token: Option<&str>,
     headers: &[(&str, &str)],
 ) -> Reply {
-    let (http1, h2c) = crate::clients();
-    let client = if protocol == Protocol::Grpc { h2c } else { http1 };
+    let client = crate::client(protocol == Protocol::Grpc);
     let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
     let mut request = client.request(method, format!("{base_url}{path}"));
     if let Some(token) = token {

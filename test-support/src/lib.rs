@@ -41,9 +41,9 @@ where
     false
 }
 
-/// An HTTP/1.1 client and an h2c (prior knowledge) client, neither following redirects.
-pub fn clients() -> (reqwest::Client, reqwest::Client) {
-    let base =
-        || reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).timeout(Duration::from_secs(10));
-    (base().http1_only().build().expect("http1 client"), base().http2_prior_knowledge().build().expect("h2c client"))
+/// An HTTP/1.1 client, or with `h2c` an HTTP/2 prior-knowledge one; neither follows redirects.
+pub fn client(h2c: bool) -> reqwest::Client {
+    let base = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).timeout(Duration::from_secs(10));
+    let base = if h2c { base.http2_prior_knowledge() } else { base.http1_only() };
+    base.build().expect("HTTP client")
 }
