@@ -15,14 +15,13 @@ use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse};
 use envoy_types::pb::google::protobuf::{value::Kind, ListValue, Struct, Value as PbValue};
 use envoy_types::pb::google::rpc;
-use prometheus_client::metrics::counter::Counter;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
 use crate::decision::{Decision, DecisionError};
 use crate::input::{self, InputError};
-use crate::jwt::{Identity, IdentityError, TokenHasher, TokenVerifier};
-use crate::metrics::{DecisionLabels, Metrics};
+use crate::jwt::{now_secs, Identity, IdentityError, TokenHasher, TokenVerifier};
+use crate::metrics::{DecisionLabels, Metrics, StripedCounter};
 use crate::policy::{PolicyBundle, PolicyError};
 
 /// Header carrying the verified subject to the upstream.
@@ -86,9 +85,9 @@ pub struct Authorizer {
 
 /// Handles on the most frequent decision counters, resolved once instead of per request.
 struct DecisionCounters {
-    allowed: Counter,
-    unauthenticated: Counter,
-    forbidden: Counter,
+    allowed: StripedCounter,
+    unauthenticated: StripedCounter,
+    forbidden: StripedCounter,
 }
 
 impl Authorizer {
@@ -128,19 +127,10 @@ impl Authorizer {
         let identity = self.verifier.verify_header(authorization);
 
         let mut cached = false;
-        let evaluated = bundle.as_deref().ok_or(Denial::NoPolicy).and_then(|bundle| {
-            let cache = bundle.decision_cache().map(|c| (c, decision_key(&self.hasher, &identity, http)));
-            if let Some(decision) = cache.as_ref().and_then(|(c, key)| c.get(key)) {
-                cached = true;
-                return Ok(decision);
-            }
-            let input = input::build(request, identity.as_deref())?;
-            let decision = shared(Decision::from_value(&bundle.evaluate(input)?)?);
-            if let Some((c, key)) = cache {
-                c.insert(key, decision.clone());
-            }
-            Ok(decision)
-        });
+        let evaluated = bundle
+            .as_deref()
+            .ok_or(Denial::NoPolicy)
+            .and_then(|bundle| self.decide(bundle, request, http, &identity, &mut cached));
         let policy_metadata = evaluated.as_ref().ok().and_then(|d| d.dynamic_metadata.clone());
         let (mut response, status) = match (evaluated, &identity) {
             (Ok(decision), Ok(identity)) if decision.allowed => {
@@ -167,7 +157,7 @@ impl Authorizer {
                 self.metrics.decisions.get_or_create(&DecisionLabels { outcome, status }).inc()
             }
         };
-        self.metrics.decision_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics.decision_seconds.observe(started.elapsed());
         if self.log_decisions {
             // The query string may carry secrets: only the path is logged.
             let path = http.map(|h| h.path.split('?').next().unwrap_or_default()).unwrap_or_default();
@@ -179,13 +169,53 @@ impl Authorizer {
                 revision,
                 method = http.map(|h| h.method.as_str()).unwrap_or_default(),
                 path,
-                subject = identity.as_ref().map(|i| i.subject.as_str()).unwrap_or_default(),
+                subject = identity.as_ref().map(|i| &*i.subject).unwrap_or_default(),
                 identity_error = identity.as_ref().err().map(IdentityError::code).unwrap_or_default(),
                 cached,
                 duration_us = started.elapsed().as_micros() as u64,
             );
         }
         response
+    }
+
+    /// The policy's decision for this request: remembered, when the bundle allows reuse and
+    /// the same request was decided before, else evaluated (and remembered).
+    fn decide(
+        &self,
+        bundle: &PolicyBundle,
+        request: &CheckRequest,
+        http: Option<&HttpRequest>,
+        identity: &Result<Arc<Identity>, IdentityError>,
+        cached: &mut bool,
+    ) -> Result<Arc<Decision>, Denial> {
+        let caching = bundle.decision_caching();
+        let key = caching.map(|_| request_key(&self.hasher, http));
+        // A verified token carries its own decisions; requests without one share a cache
+        // keyed by why they have none.
+        let anonymous_key =
+            |error: &IdentityError, key: u128| self.hasher.hash_parts(&[error.code().as_bytes(), &key.to_le_bytes()]);
+        if let (Some(caching), Some(key)) = (caching, key) {
+            let hit = match identity {
+                Ok(identity) => identity.decisions.recall(key as u64, bundle.id(), now_secs()),
+                Err(error) => caching.anonymous.get(&anonymous_key(error, key)),
+            };
+            if let Some(decision) = hit {
+                *cached = true;
+                return Ok(decision);
+            }
+        }
+        let input = input::build(request, identity.as_deref())?;
+        let decision = shared(Decision::from_value(&bundle.evaluate(input)?)?);
+        if let (Some(caching), Some(key)) = (caching, key) {
+            match identity {
+                Ok(identity) => {
+                    let until = now_secs() + caching.ttl.as_secs();
+                    identity.decisions.remember(key as u64, bundle.id(), until, decision.clone());
+                }
+                Err(error) => caching.anonymous.insert(anonymous_key(error, key), decision.clone()),
+            }
+        }
+        Ok(decision)
     }
 }
 
@@ -202,28 +232,16 @@ fn shared(decision: Decision) -> Arc<Decision> {
     }
 }
 
-/// What a cacheable policy's decision depends on: the exact token (or why there is none),
-/// the method and the path with its query.
-fn decision_key(
-    hasher: &TokenHasher,
-    identity: &Result<Arc<Identity>, IdentityError>,
-    http: Option<&HttpRequest>,
-) -> u128 {
-    let token_hash;
-    let who: &[u8] = match identity {
-        Ok(identity) => {
-            token_hash = identity.token_hash.to_le_bytes();
-            &token_hash
-        }
-        Err(error) => error.code().as_bytes(),
-    };
+/// What a cacheable policy's decision depends on besides the identity: the method and the
+/// path with its query.
+fn request_key(hasher: &TokenHasher, http: Option<&HttpRequest>) -> u128 {
     let (method, path) = http.map(|h| (h.method.as_bytes(), h.path.as_bytes())).unwrap_or_default();
-    hasher.hash_parts(&[who, method, path])
+    hasher.hash_parts(&[method, path])
 }
 
 fn allow(
     decision: &Decision,
-    identity: Option<(&str, &[String])>,
+    identity: Option<(&str, &str)>,
     forward_token: bool,
     decision_id: &str,
 ) -> (CheckResponse, u16) {
@@ -235,15 +253,14 @@ fn allow(
         decision.request_headers_to_remove.iter().filter(|k| !reserved(k)).cloned().collect();
     match identity {
         Some((subject, roles)) => {
-            let roles = roles.join(",");
             if !header_safe(subject) {
                 return deny(&Denial::UnsafeClaim("sub"), &Decision::default(), decision_id);
             }
-            if !header_safe(&roles) {
+            if !header_safe(roles) {
                 return deny(&Denial::UnsafeClaim("roles"), &Decision::default(), decision_id);
             }
             headers.push(header(SUBJECT_HEADER, subject));
-            headers.push(header(ROLES_HEADER, &roles));
+            headers.push(header(ROLES_HEADER, roles));
         }
         None => to_remove.extend([SUBJECT_HEADER.to_string(), ROLES_HEADER.to_string()]),
     }

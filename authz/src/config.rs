@@ -61,7 +61,9 @@ pub struct PolicyConfig {
     pub run_tests_on_load: bool,
     /// How often the directory is re-read in case a change notification was missed (ms).
     pub poll_interval_ms: u64,
-    /// Decisions kept when the bundle declares `cache_decisions := true` (0 disables).
+    /// Decisions kept for requests without a valid token when the bundle declares
+    /// `cache_decisions := true` (verified tokens keep theirs in the token cache); 0 turns
+    /// decision caching off.
     pub decision_cache_capacity: u64,
     /// Seconds a cached decision may be reused.
     pub decision_cache_ttl_secs: u64,
@@ -81,7 +83,7 @@ pub struct JwtConfig {
     pub leeway_secs: u64,
     /// Required value of the `typ` claim (our issuer writes `access`); empty accepts any.
     pub required_typ: String,
-    /// How many verified tokens are kept in the cache.
+    /// How many verified tokens (each with its last decisions) are kept in the cache.
     pub cache_capacity: u64,
     /// How often the key directory is re-read in case a change notification was missed (ms).
     pub poll_interval_ms: u64,
@@ -194,7 +196,7 @@ impl Default for PolicyConfig {
             eval_timeout_ms: 50,
             run_tests_on_load: true,
             poll_interval_ms: 2_000,
-            decision_cache_capacity: 100_000,
+            decision_cache_capacity: 10_000,
             decision_cache_ttl_secs: 60,
         }
     }

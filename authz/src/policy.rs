@@ -33,8 +33,9 @@ pub struct BundleOptions {
     pub eval_timeout: Duration,
     /// Refuse the bundle unless all its `test_*` rules pass.
     pub run_tests: bool,
-    /// Capacity of the decision cache, used only when the bundle declares
-    /// `cache_decisions := true` in the decision rule's package; 0 disables it.
+    /// Decisions kept for requests without a valid token, when the bundle declares
+    /// `cache_decisions := true` in the decision rule's package (a verified token keeps its
+    /// own decisions in the token cache); 0 disables decision caching altogether.
     pub decision_cache_capacity: u64,
     /// How long a cached decision may be reused.
     pub decision_cache_ttl: Duration,
@@ -106,7 +107,16 @@ pub struct PolicyBundle {
     decision_rule: Option<String>,
     tests: Vec<String>,
     files: usize,
-    decisions: Option<Cache<u128, Arc<Decision>, PrehashedKey>>,
+    caching: Option<DecisionCaching>,
+}
+
+/// How a bundle that declared its decisions cacheable lets them be reused.
+pub struct DecisionCaching {
+    /// How long a decision may be reused.
+    pub ttl: Duration,
+    /// Decisions for requests without a verified token, keyed by why there is none and by
+    /// the request. It lives and dies with the bundle.
+    pub anonymous: Cache<u128, Arc<Decision>, PrehashedKey>,
 }
 
 impl std::fmt::Debug for PolicyBundle {
@@ -115,7 +125,7 @@ impl std::fmt::Debug for PolicyBundle {
             .field("revision", &self.revision)
             .field("decision_rule", &self.decision_rule)
             .field("files", &self.files)
-            .field("caches_decisions", &self.decisions.is_some())
+            .field("caches_decisions", &self.caching.is_some())
             .finish()
     }
 }
@@ -217,13 +227,16 @@ impl PolicyBundle {
                 .map_err(|e| PolicyError::Compile { rule: rule.clone(), message: e.to_string() })?;
         }
         engine.set_execution_timer_config(timer(options.eval_timeout));
-        let decisions = match &options.decision_rule {
-            Some(rule) if options.decision_cache_capacity > 0 && declares_cacheable(&mut engine, rule, &rules) => Some(
-                Cache::builder()
-                    .max_capacity(options.decision_cache_capacity)
-                    .time_to_live(options.decision_cache_ttl)
-                    .build_with_hasher(PrehashedKey),
-            ),
+        let caching = match &options.decision_rule {
+            Some(rule) if options.decision_cache_capacity > 0 && declares_cacheable(&mut engine, rule, &rules) => {
+                Some(DecisionCaching {
+                    ttl: options.decision_cache_ttl,
+                    anonymous: Cache::builder()
+                        .max_capacity(options.decision_cache_capacity)
+                        .time_to_live(options.decision_cache_ttl)
+                        .build_with_hasher(PrehashedKey),
+                })
+            }
             _ => None,
         };
         let bundle = Self {
@@ -233,7 +246,7 @@ impl PolicyBundle {
             decision_rule: options.decision_rule.clone(),
             tests,
             files,
-            decisions,
+            caching,
         };
         if options.run_tests {
             let failed: Vec<String> = bundle
@@ -258,10 +271,15 @@ impl PolicyBundle {
         self.files
     }
 
-    /// The decision cache, when the bundle declared its decisions cacheable. It lives and
-    /// dies with the bundle, so a reload never serves a decision of the old policy.
-    pub fn decision_cache(&self) -> Option<&Cache<u128, Arc<Decision>, PrehashedKey>> {
-        self.decisions.as_ref()
+    /// Unique to this load of the bundle: decisions remembered outside it carry it, so that
+    /// after a reload none of them is used again.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// How decisions may be reused, when the bundle declared them cacheable.
+    pub fn decision_caching(&self) -> Option<&DecisionCaching> {
+        self.caching.as_ref()
     }
 
     /// Evaluates the decision rule for `input` on this thread's engine.
@@ -453,9 +471,11 @@ mod tests {
 
     #[test]
     fn decision_cache_only_when_declared() {
-        assert!(bundle("package t\nallow := true\n").unwrap().decision_cache().is_none());
+        assert!(bundle("package t\nallow := true\n").unwrap().decision_caching().is_none());
         let cached = bundle("package t\nallow := true\ncache_decisions := true\n").unwrap();
-        assert!(cached.decision_cache().is_some());
+        assert!(cached.decision_caching().is_some());
+        let again = bundle("package t\nallow := true\ncache_decisions := true\n").unwrap();
+        assert_ne!(cached.id(), again.id(), "every load is told apart");
     }
 
     #[test]

@@ -170,9 +170,10 @@ async fn signing_key_rotation_under_load() {
 
     // Load: two workers calling an allowed route, logging in again every 40 requests.
     let stop = Arc::new(AtomicBool::new(false));
+    let logins = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let mut workers = Vec::new();
     for _ in 0..2 {
-        let (stack, stop) = (stack.clone(), stop.clone());
+        let (stack, stop, logins) = (stack.clone(), stop.clone(), logins.clone());
         workers.push(tokio::spawn(async move {
             let (mut statuses, mut kids) = (Vec::new(), std::collections::BTreeSet::new());
             let mut i = 0u32;
@@ -188,6 +189,7 @@ async fn signing_key_rotation_under_load() {
                     statuses.push(status);
                     token = body["access_token"].as_str().unwrap_or_default().to_string();
                     kids.insert(jsonwebtoken::decode_header(&token).ok().and_then(|h| h.kid).unwrap_or_default());
+                    logins.fetch_add(1, Ordering::Relaxed);
                 }
                 statuses.push(stack.send(Http1, "GET", "/v1/jobs/1", Some(&token), &[]).await.status);
                 i += 1;
@@ -195,7 +197,11 @@ async fn signing_key_rotation_under_load() {
             (statuses, kids)
         }));
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Both workers hold a token of the old key before the rotation starts (a busy machine
+    // can take longer than any fixed pause for the first argon2 logins).
+    let started =
+        qiria_test_support::wait_until(Duration::from_secs(20), || async { logins.load(Ordering::Relaxed) >= 2 }).await;
+    assert!(started, "the workers never logged in");
 
     // Rotation, in the order operators follow: publish the new public key, wait until it
     // verifies, then make it the signing key.

@@ -45,17 +45,6 @@ fn load(
     })
 }
 
-async fn wait_for_revision_change(stack: &Stack, old: &str) -> String {
-    let active = || async { stack.authz.health().await["policy"]["active"].as_str().unwrap_or_default().to_string() };
-    let changed = wait_until(Duration::from_secs(15), || async {
-        let new = active().await;
-        !new.is_empty() && new != old
-    })
-    .await;
-    assert!(changed, "policy revision never changed from {old}: {}", stack.authz.health().await);
-    active().await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policy_edit_under_load_switches_with_no_wrong_decision() {
     let stack = Stack::start(AUTHZ).await;
@@ -75,7 +64,7 @@ async fn policy_edit_under_load_switches_with_no_wrong_decision() {
     let mut data: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&data_path).unwrap()).unwrap();
     data["rbac"]["operations"]["GET"]["/v1/reports/daily"] = "jobs:read-own".into();
     std::fs::write(&data_path, serde_json::to_string_pretty(&data).unwrap()).unwrap();
-    let new_revision = wait_for_revision_change(&stack, &old_revision).await;
+    let new_revision = stack.authz.wait_for_revision_change(&old_revision).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // A bundle that does not parse is refused; the edited one keeps serving.

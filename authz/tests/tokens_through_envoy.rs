@@ -62,7 +62,7 @@ async fn bad_tokens_are_denied_with_their_reason() {
         let grpc = stack.send(Grpc, "POST", "/qiria.jobs.v1.JobService/GetJob", Some(token), &[]).await;
         assert_eq!(grpc.grpc_status.as_deref(), Some("16"), "{name}: {grpc:?}");
         let decision_id = reply.headers.get("x-qiria-decision-id").unwrap().to_str().unwrap();
-        let logged = decision_log(&stack.authz.output(), decision_id);
+        let logged = stack.authz.decision_log(decision_id);
         assert_eq!(logged["identity_error"], *reason, "{name}: {logged}");
     }
 
@@ -105,12 +105,4 @@ fn tamper(token: &str) -> String {
     let mut payload: serde_json::Value = serde_json::from_slice(&b64.decode(parts[1]).unwrap()).unwrap();
     payload["roles"] = serde_json::json!(["Admin"]);
     format!("{}.{}.{}", parts[0], b64.encode(payload.to_string()), parts[2])
-}
-
-fn decision_log(output: &str, decision_id: &str) -> serde_json::Value {
-    output
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|l| l["decision_id"] == decision_id)
-        .unwrap_or_else(|| panic!("decision {decision_id} not logged:\n{output}"))
 }

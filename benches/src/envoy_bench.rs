@@ -34,6 +34,8 @@ pub struct Plan {
     pub streams: u32,
     /// After the largest rotation, keep its load this long, sampling authz's RSS (0: no soak).
     pub soak_seconds: u64,
+    /// Run only the configurations whose name contains this (all when `None`).
+    pub only: Option<String>,
 }
 
 impl Plan {
@@ -47,6 +49,7 @@ impl Plan {
             connections: 4,
             streams: 16,
             soak_seconds: 0,
+            only: None,
         }
     }
 
@@ -60,6 +63,7 @@ impl Plan {
             connections: 2,
             streams: 4,
             soak_seconds: 0,
+            only: None,
         }
     }
 }
@@ -152,6 +156,11 @@ pub fn run(plan: &Plan, bins: &Binaries, work: &Path) -> anyhow::Result<Vec<Row>
     for count in &plan.rotations {
         let name = format!("(d) authz, {count} rotating tokens");
         setups.push(setup(&name, Filters::ExtAuthz, Backend::Authz, Load::Rotating { count: *count }));
+    }
+
+    if let Some(only) = &plan.only {
+        setups.retain(|s| s.name.contains(only.as_str()));
+        anyhow::ensure!(!setups.is_empty(), "no configuration's name contains {only:?}");
     }
 
     let jwks = jwks(&key);

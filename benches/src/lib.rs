@@ -21,6 +21,7 @@ use qiria_test_support::workspace_root;
 pub mod envoy_bench;
 pub mod proc_stats;
 pub mod report;
+pub mod scaling;
 
 /// The configuration benchmarks run authz with: test issuer, no per-decision log line.
 pub fn config() -> Config {

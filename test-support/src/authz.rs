@@ -111,6 +111,32 @@ impl Authz {
     pub fn output(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// The decision log line of `decision_id`; panics with the log when there is none.
+    pub fn decision_log(&self, decision_id: &str) -> serde_json::Value {
+        let output = self.output();
+        output
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|l| l["decision_id"] == decision_id)
+            .unwrap_or_else(|| panic!("decision {decision_id} not logged:\n{output}"))
+    }
+
+    /// The active policy revision ("" when none).
+    pub async fn policy_revision(&self) -> String {
+        self.health().await["policy"]["active"].as_str().unwrap_or_default().to_string()
+    }
+
+    /// Waits until the active policy revision is no longer `old`; returns the new one.
+    pub async fn wait_for_revision_change(&self, old: &str) -> String {
+        let changed = wait_until(Duration::from_secs(15), || async {
+            let new = self.policy_revision().await;
+            !new.is_empty() && new != old
+        })
+        .await;
+        assert!(changed, "policy revision never changed from {old}: {}", self.health().await);
+        self.policy_revision().await
+    }
 }
 
 /// Keys, a private copy of a policy directory, authz, an echo upstream and Envoy in front.

@@ -38,6 +38,16 @@ impl Reply {
     pub fn upstream_header(&self, name: &str) -> Vec<String> {
         self.echo.as_ref().and_then(|e| e.headers.get(name).cloned()).unwrap_or_default()
     }
+
+    /// The id of the decision that let the request through (as the upstream saw it) or
+    /// denied it (as the client saw it).
+    pub fn decision_id(&self) -> Option<String> {
+        let id = "x-qiria-decision-id";
+        match &self.echo {
+            Some(_) => self.upstream_header(id).pop(),
+            None => self.headers.get(id).and_then(|v| v.to_str().ok()).map(str::to_string),
+        }
+    }
 }
 
 /// Sends `method path` with optional bearer token and extra headers.

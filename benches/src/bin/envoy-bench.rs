@@ -1,10 +1,12 @@
-//! `envoy-bench [--smoke] [--out FILE]`: the load benchmark through the real Envoy and the
-//! callgrind instruction counts; prints the table and writes it (with date, CPU and cores).
+//! `envoy-bench [--smoke] [--out FILE] [--only NAME] [--rotations N,..] [--soak-minutes M]`: the
+//! load benchmark through the real Envoy, the callgrind instruction counts and core scaling;
+//! prints the table and writes it (with date, CPU and cores).
 
 use std::path::PathBuf;
 
 use clap::Parser;
 use qiria_benches::envoy_bench::{self, Binaries, Plan};
+use qiria_benches::scaling::{self, Runs, Workload};
 
 #[derive(Parser)]
 struct Args {
@@ -17,12 +19,22 @@ struct Args {
     /// Keep the 100,000-token load this many minutes, sampling authz's memory (at most 30).
     #[arg(long, default_value_t = 0)]
     soak_minutes: u64,
+    /// Run only the configurations whose name contains this text, e.g. "100000" or "(c)".
+    #[arg(long)]
+    only: Option<String>,
+    /// Token counts for the rotation runs (comma-separated), instead of the plan's.
+    #[arg(long, value_delimiter = ',')]
+    rotations: Option<Vec<usize>>,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut plan = if args.smoke { Plan::smoke() } else { Plan::full() };
     plan.soak_seconds = args.soak_minutes.min(30) * 60;
+    plan.only = args.only;
+    if let Some(rotations) = args.rotations {
+        plan.rotations = rotations;
+    }
     let dir = std::env::current_exe()?.parent().map(PathBuf::from).unwrap_or_default();
     let bins = Binaries {
         envoy: qiria_test_support::envoy::binary(),
@@ -34,12 +46,25 @@ fn main() -> anyhow::Result<()> {
     eprintln!("load through Envoy ({}):", if args.smoke { "smoke" } else { "full" });
     let rows = envoy_bench::run(&plan, &bins, work.path())?;
     let n = if args.smoke { 100 } else { 10_000 };
+    if plan.only.is_some() {
+        // A partial run is for looking at some configurations, not for the record.
+        println!("{}", qiria_benches::report::render(&rows, &[], &[], &plan, args.smoke));
+        return Ok(());
+    }
     let decide = dir.join("decide");
     let instructions = [
         ("decision cache hit", envoy_bench::instructions_per_decision(&decide, true, n)),
         ("policy evaluated", envoy_bench::instructions_per_decision(&decide, false, n)),
     ];
-    let report = qiria_benches::report::render(&rows, &instructions, &plan, args.smoke);
+    eprintln!("core scaling (in process):");
+    let runs = if args.smoke {
+        Runs { seconds: 0.3, rounds: 1, tokens: 100 }
+    } else {
+        Runs { seconds: 3.0, rounds: 3, tokens: 2000 }
+    };
+    let scaling: Vec<_> =
+        Workload::ALL.iter().map(|w| (w.label(), scaling::one_and_two_cores(&dir.join("scaling"), *w, runs))).collect();
+    let report = qiria_benches::report::render(&rows, &instructions, &scaling, &plan, args.smoke);
     println!("{report}");
     if let Some(out) = args.out {
         std::fs::write(&out, &report)?;
