@@ -1,14 +1,13 @@
 //! The Rego policy bundle: every `.rego` file and `data.json`/`data.yaml` document under a
 //! directory (OPA bundle layout: a data file in `a/b/` lands at `data.a.b`), parsed and
-//! prepared once, identified by a content hash (its revision), and evaluated per request on
-//! a per-thread copy of the engine so that worker threads never share a lock.
+//! prepared, identified by a content hash (its revision), and evaluated per request on one of
+//! a few engines built separately (one per core), so that worker threads share nothing.
 
-use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use moka::sync::Cache;
@@ -104,6 +103,7 @@ pub struct PolicyBundle {
     id: u64,
     revision: String,
     engine: Engine,
+    request_engines: Box<[Mutex<Engine>]>,
     decision_rule: Option<String>,
     tests: Vec<String>,
     files: usize,
@@ -142,10 +142,81 @@ const PREPARE_TIMEOUT: Duration = Duration::from_secs(30);
 
 static NEXT_BUNDLE_ID: AtomicU64 = AtomicU64::new(1);
 
-thread_local! {
-    /// This thread's copy of the last bundle it evaluated, by bundle id. Cloning an engine
-    /// shares the parsed modules; keeping the clone avoids paying for it on every request.
-    static THREAD_ENGINE: RefCell<Option<(u64, Engine)>> = const { RefCell::new(None) };
+/// Bundles up to this many bytes of sources get an independent engine per core.
+const COPY_PER_CORE_UP_TO: usize = 4 << 20;
+
+/// How many request engines a bundle keeps: one per core this process may run on.
+fn request_engine_count() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 64)
+}
+
+/// The request engine this thread uses: threads are dealt engines round-robin on their
+/// first evaluation, so the runtime's workers (one per core) each get their own.
+fn request_engine_slot() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SLOT: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    SLOT.with(|s| *s)
+}
+
+/// What a bundle is built from, to build its engines.
+struct Sources<'a> {
+    root: &'a Path,
+    rego: &'a [(PathBuf, String)],
+    data: &'a [(PathBuf, Vec<String>, String)],
+    options: &'a BundleOptions,
+}
+
+impl Sources<'_> {
+    /// A new engine with every policy and data document parsed afresh (nothing shared with
+    /// another engine), its time limit set for preparation.
+    fn engine(&self) -> Result<Engine, PolicyError> {
+        let mut engine = Engine::new();
+        engine.set_rego_v0(self.options.rego_v0);
+        // Builtin errors (bad arguments, division by zero) become evaluation errors and so
+        // denials, instead of silently undefined values.
+        engine.set_strict_builtin_errors(true);
+        // The first evaluation prepares the engine, which takes far longer than a request may:
+        // it gets a generous limit, requests get the configured one (see `prepare`).
+        engine.set_execution_timer_config(timer(self.options.eval_timeout.max(PREPARE_TIMEOUT)));
+        for (path, text) in self.rego {
+            let name = path.strip_prefix(self.root).unwrap_or(path).display().to_string();
+            engine
+                .add_policy(name, text.clone())
+                .map_err(|e| PolicyError::Parse { path: path.clone(), message: e.to_string() })?;
+        }
+        for (path, prefix, text) in self.data {
+            let bad = |message: String| PolicyError::Data { path: path.clone(), message };
+            let mut value = if path.extension().is_some_and(|e| e == "json") {
+                Value::from_json_str(text).map_err(|e| bad(e.to_string()))?
+            } else {
+                Value::from_yaml_str(text).map_err(|e| bad(e.to_string()))?
+            };
+            for segment in prefix.iter().rev() {
+                let mut wrapper = std::collections::BTreeMap::new();
+                wrapper.insert(Value::from(segment.as_str()), value);
+                value = Value::from(wrapper);
+            }
+            engine.add_data(value).map_err(|e| bad(e.to_string()))?;
+        }
+        Ok(engine)
+    }
+
+    /// Evaluates `rule` once, which prepares the engine and surfaces errors that only show at
+    /// evaluation time, then sets the request time limit.
+    fn prepare(&self, engine: &mut Engine, rule: &str) -> Result<(), PolicyError> {
+        engine.set_input(probe_input());
+        engine
+            .eval_rule(rule.to_string())
+            .map_err(|e| PolicyError::Compile { rule: rule.to_string(), message: e.to_string() })?;
+        engine.set_execution_timer_config(timer(self.options.eval_timeout));
+        Ok(())
+    }
+}
+
+fn timer(limit: Duration) -> ExecutionTimerConfig {
+    ExecutionTimerConfig { limit, check_interval: TIMER_CHECK_INTERVAL }
 }
 
 impl PolicyBundle {
@@ -182,49 +253,20 @@ impl PolicyBundle {
         options: &BundleOptions,
     ) -> Result<Self, PolicyError> {
         let mut hasher = Sha256::new();
-        let mut engine = Engine::new();
-        engine.set_rego_v0(options.rego_v0);
-        // Builtin errors (bad arguments, division by zero) become evaluation errors and so
-        // denials, instead of silently undefined values.
-        engine.set_strict_builtin_errors(true);
-        // The first evaluation prepares the engine, which takes far longer than a request may:
-        // it gets a generous limit, requests get the configured one.
-        let timer = |limit| ExecutionTimerConfig { limit, check_interval: TIMER_CHECK_INTERVAL };
-        engine.set_execution_timer_config(timer(options.eval_timeout.max(PREPARE_TIMEOUT)));
-        let files = rego.len() + data.len();
-        for (path, text) in rego {
-            hash_file(&mut hasher, root, &path, &text);
-            let name = path.strip_prefix(root).unwrap_or(&path).display().to_string();
-            engine
-                .add_policy(name, text)
-                .map_err(|e| PolicyError::Parse { path: path.clone(), message: e.to_string() })?;
+        for (path, text) in &rego {
+            hash_file(&mut hasher, root, path, text);
         }
-        for (path, prefix, text) in data {
-            hash_file(&mut hasher, root, &path, &text);
-            let bad = |message: String| PolicyError::Data { path: path.clone(), message };
-            let mut value = if path.extension().is_some_and(|e| e == "json") {
-                Value::from_json_str(&text).map_err(|e| bad(e.to_string()))?
-            } else {
-                Value::from_yaml_str(&text).map_err(|e| bad(e.to_string()))?
-            };
-            for segment in prefix.iter().rev() {
-                let mut wrapper = std::collections::BTreeMap::new();
-                wrapper.insert(Value::from(segment.as_str()), value);
-                value = Value::from(wrapper);
-            }
-            engine.add_data(value).map_err(|e| bad(e.to_string()))?;
+        for (path, _, text) in &data {
+            hash_file(&mut hasher, root, path, text);
         }
+        let sources = Sources { root, rego: &rego, data: &data, options };
+        let mut engine = sources.engine()?;
         let (rules, tests) = declared_rules(&mut engine);
         if let Some(rule) = &options.decision_rule {
             if !rules.contains(rule) {
                 return Err(PolicyError::NoDecisionRule(rule.clone()));
             }
-            // Evaluating once prepares the engine (so clones start prepared) and surfaces
-            // errors that only show at evaluation time.
-            engine.set_input(probe_input());
-            engine
-                .eval_rule(rule.clone())
-                .map_err(|e| PolicyError::Compile { rule: rule.clone(), message: e.to_string() })?;
+            sources.prepare(&mut engine, rule)?;
         }
         engine.set_execution_timer_config(timer(options.eval_timeout));
         let caching = match &options.decision_rule {
@@ -239,13 +281,32 @@ impl PolicyBundle {
             }
             _ => None,
         };
+        // One engine per core for requests, each built from the sources on its own: clones of
+        // one engine share its modules and data through reference counts that evaluation
+        // touches on every step, and that shared cache line held two cores to 1.6 × one.
+        // A bundle too big to hold once per core is cloned instead: it scales less, but fits.
+        let size: usize = rego.iter().map(|(_, t)| t.len()).chain(data.iter().map(|(_, _, t)| t.len())).sum();
+        let request_engines = match &options.decision_rule {
+            Some(rule) => (0..request_engine_count())
+                .map(|_| {
+                    if size > COPY_PER_CORE_UP_TO {
+                        return Ok(Mutex::new(engine.clone()));
+                    }
+                    let mut engine = sources.engine()?;
+                    sources.prepare(&mut engine, rule)?;
+                    Ok(Mutex::new(engine))
+                })
+                .collect::<Result<_, PolicyError>>()?,
+            None => Box::default(),
+        };
         let bundle = Self {
             id: NEXT_BUNDLE_ID.fetch_add(1, Ordering::Relaxed),
             revision: hex::encode(&hasher.finalize()[..8]),
             engine,
+            request_engines,
             decision_rule: options.decision_rule.clone(),
             tests,
-            files,
+            files: rego.len() + data.len(),
             caching,
         };
         if options.run_tests {
@@ -282,18 +343,18 @@ impl PolicyBundle {
         self.caching.as_ref()
     }
 
-    /// Evaluates the decision rule for `input` on this thread's engine.
+    /// Evaluates the decision rule for `input` on this thread's request engine.
     pub fn evaluate(&self, input: Value) -> Result<Value, PolicyError> {
         let rule = self.decision_rule.as_ref().ok_or_else(|| PolicyError::Eval("no decision rule".into()))?;
-        THREAD_ENGINE.with(|slot| {
-            let mut slot = slot.try_borrow_mut().map_err(|e| PolicyError::Eval(e.to_string()))?;
-            let engine = match &mut *slot {
-                Some((id, engine)) if *id == self.id => engine,
-                other => &mut other.insert((self.id, self.engine.clone())).1,
-            };
-            engine.set_input(input);
-            engine.eval_rule(rule.clone()).map_err(|e| PolicyError::Eval(e.to_string()))
-        })
+        let slot = self
+            .request_engines
+            .get(request_engine_slot() % self.request_engines.len().max(1))
+            .ok_or_else(|| PolicyError::Eval("no request engine".into()))?;
+        // Uncontended but for threads beyond one per core; a panic inside regorus poisons
+        // only this engine's evaluations, which then deny.
+        let mut engine = slot.lock().map_err(|_| PolicyError::Eval("engine poisoned by an earlier panic".into()))?;
+        engine.set_input(input);
+        engine.eval_rule(rule.clone()).map_err(|e| PolicyError::Eval(e.to_string()))
     }
 
     /// Evaluates any query against `input` on a fresh clone (for tools, not the hot path).
@@ -467,6 +528,24 @@ mod tests {
         let result = b.evaluate(Value::from_json_str(r#"{"heavy": true}"#).unwrap());
         assert!(matches!(result, Err(PolicyError::Eval(ref e)) if e.contains("time limit")), "{result:?}");
         assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn evaluates_from_more_threads_than_it_has_engines() {
+        let b = bundle("package t\nallow := input.x == 1\n").unwrap();
+        assert!(!b.request_engines.is_empty());
+        std::thread::scope(|s| {
+            for t in 0..(b.request_engines.len() * 4) {
+                let b = &b;
+                s.spawn(move || {
+                    for i in 0..50 {
+                        let x = (t + i) % 2;
+                        let input = Value::from_json_str(&format!("{{\"x\": {x}}}")).unwrap();
+                        assert_eq!(b.evaluate(input).unwrap(), Value::from(x == 1));
+                    }
+                });
+            }
+        });
     }
 
     #[test]
