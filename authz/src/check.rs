@@ -2,7 +2,7 @@
 //! `CheckResponse`. Every error on this path becomes a denial; [`Denial`] is the one place
 //! where reasons are mapped to HTTP and gRPC statuses.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwapOption;
@@ -18,7 +18,7 @@ use envoy_types::pb::google::rpc;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
-use crate::decision::{Decision, DecisionError};
+use crate::decision::{Decision, DecisionError, SharedDecision};
 use crate::input::{self, InputError};
 use crate::jwt::{now_secs, Identity, IdentityError, TokenHasher, TokenVerifier};
 use crate::metrics::{DecisionLabels, Metrics, StripedCounter};
@@ -187,11 +187,12 @@ impl Authorizer {
         http: Option<&HttpRequest>,
         identity: &Result<Arc<Identity>, IdentityError>,
         cached: &mut bool,
-    ) -> Result<Arc<Decision>, Denial> {
+    ) -> Result<SharedDecision, Denial> {
         let caching = bundle.decision_caching();
         let key = caching.map(|_| request_key(&self.hasher, http));
-        // A verified token carries its own decisions; requests without one share a cache
-        // keyed by why they have none.
+        // A verified token carries its own decisions, filed under 64 bits of the keyed hash:
+        // a wrong hit needs two of one token's requests to collide in a PRF whose key nobody
+        // outside knows. Requests without a token share a cache keyed by why they have none.
         let anonymous_key =
             |error: &IdentityError, key: u128| self.hasher.hash_parts(&[error.code().as_bytes(), &key.to_le_bytes()]);
         if let (Some(caching), Some(key)) = (caching, key) {
@@ -205,7 +206,7 @@ impl Authorizer {
             }
         }
         let input = input::build(request, identity.as_deref())?;
-        let decision = shared(Decision::from_value(&bundle.evaluate(input)?)?);
+        let decision = SharedDecision::new(Decision::from_value(&bundle.evaluate(input)?)?);
         if let (Some(caching), Some(key)) = (caching, key) {
             match identity {
                 Ok(identity) => {
@@ -216,19 +217,6 @@ impl Authorizer {
             }
         }
         Ok(decision)
-    }
-}
-
-/// Plain allow and deny decisions are by far the most common: one shared copy each keeps
-/// the decision cache small.
-fn shared(decision: Decision) -> Arc<Decision> {
-    static ALLOW: LazyLock<Arc<Decision>> =
-        LazyLock::new(|| Arc::new(Decision { allowed: true, ..Decision::default() }));
-    static DENY: LazyLock<Arc<Decision>> = LazyLock::new(|| Arc::new(Decision::default()));
-    match decision {
-        d if d == **ALLOW => ALLOW.clone(),
-        d if d == **DENY => DENY.clone(),
-        d => Arc::new(d),
     }
 }
 

@@ -4,7 +4,8 @@
 //! `query_parameters_to_remove`, `body`, `http_status` and `dynamic_metadata`.
 //! Anything else is malformed, and a malformed decision denies.
 
-use std::sync::{Arc, Mutex};
+use std::ops::Deref;
+use std::sync::{Arc, LazyLock, Mutex};
 
 use regorus::Value;
 
@@ -125,6 +126,40 @@ impl Decision {
     }
 }
 
+/// A decision as caches hand it out. The plain allow and deny, by far the most common, are
+/// statics: sharing one reference-counted copy would have every core write its count on
+/// every request.
+#[derive(Debug, Clone)]
+pub enum SharedDecision {
+    /// `true` or `false`, nothing else.
+    Plain(&'static Decision),
+    /// A decision with headers, status, body or metadata.
+    Custom(Arc<Decision>),
+}
+
+impl SharedDecision {
+    /// Wraps `decision`, using the statics for the plain ones.
+    pub fn new(decision: Decision) -> Self {
+        static ALLOW: LazyLock<Decision> = LazyLock::new(|| Decision { allowed: true, ..Decision::default() });
+        static DENY: LazyLock<Decision> = LazyLock::new(Decision::default);
+        match decision {
+            d if d == *ALLOW => Self::Plain(&ALLOW),
+            d if d == *DENY => Self::Plain(&DENY),
+            d => Self::Custom(Arc::new(d)),
+        }
+    }
+}
+
+impl Deref for SharedDecision {
+    type Target = Decision;
+    fn deref(&self) -> &Decision {
+        match self {
+            Self::Plain(d) => d,
+            Self::Custom(d) => d,
+        }
+    }
+}
+
 /// How many decisions one verified token remembers. Clients repeat a few calls; every slot
 /// costs memory on every cached token, and 100,000 of them must fit in a small pod.
 const MEMO_SLOTS: usize = 2;
@@ -135,12 +170,12 @@ const MEMO_SLOTS: usize = 2;
 #[derive(Debug, Default)]
 pub struct DecisionMemo(Mutex<[Option<Remembered>; MEMO_SLOTS]>);
 
-/// 24 bytes: the bundle id and the deadline are kept in 32 bits. A bundle id repeats only
+/// 32 bytes: the bundle id and the deadline are kept in 32 bits. A bundle id repeats only
 /// after 2^32 reloads, which no cached token lives to see; seconds fit until 2106.
 #[derive(Debug)]
 struct Remembered {
     request: u64,
-    decision: Arc<Decision>,
+    decision: SharedDecision,
     bundle: u32,
     until: u32,
 }
@@ -148,7 +183,7 @@ struct Remembered {
 impl DecisionMemo {
     /// The decision taken for `request` (a keyed hash of what the decision depends on besides
     /// the token) by bundle `bundle`, if it is still fresh at `now` (seconds).
-    pub fn recall(&self, request: u64, bundle: u64, now: u64) -> Option<Arc<Decision>> {
+    pub fn recall(&self, request: u64, bundle: u64, now: u64) -> Option<SharedDecision> {
         let (bundle, now) = (bundle as u32, u32::try_from(now).ok()?);
         let slots = self.0.lock().ok()?;
         let hit = slots.iter().flatten().find(|r| r.request == request && r.bundle == bundle && now < r.until);
@@ -157,7 +192,7 @@ impl DecisionMemo {
 
     /// Remembers `decision` until `until` (seconds), in place of the least useful slot: an
     /// empty one, one of an older bundle, else the one closest to its deadline.
-    pub fn remember(&self, request: u64, bundle: u64, until: u64, decision: Arc<Decision>) {
+    pub fn remember(&self, request: u64, bundle: u64, until: u64, decision: SharedDecision) {
         // A poisoned lock only costs the memo: the decision was taken and is returned anyway.
         let (bundle, Ok(until)) = (bundle as u32, u32::try_from(until)) else { return };
         let Ok(mut slots) = self.0.lock() else { return };
@@ -239,19 +274,20 @@ mod tests {
     #[test]
     fn memo_forgets_at_the_deadline_and_across_bundles() {
         let memo = DecisionMemo::default();
-        let allow = Arc::new(Decision { allowed: true, ..Decision::default() });
+        let allow = SharedDecision::new(Decision { allowed: true, ..Decision::default() });
         memo.remember(7, 1, 100, allow.clone());
         assert_eq!(memo.recall(7, 1, 99).as_deref(), Some(&*allow));
+        assert!(matches!(allow, SharedDecision::Plain(_)), "a plain allow is the static one");
         assert!(memo.recall(7, 1, 100).is_none(), "past its deadline");
         assert!(memo.recall(7, 2, 99).is_none(), "taken by another bundle");
         assert!(memo.recall(8, 1, 99).is_none(), "another request");
-        assert_eq!(std::mem::size_of::<Remembered>(), 24, "every cached token carries these");
+        assert_eq!(std::mem::size_of::<Remembered>(), 32, "every cached token carries these");
     }
 
     #[test]
     fn memo_replaces_older_bundles_first_then_the_nearest_deadline() {
         let memo = DecisionMemo::default();
-        let d = |allowed| Arc::new(Decision { allowed, ..Decision::default() });
+        let d = |allowed| SharedDecision::new(Decision { allowed, http_status: Some(418), ..Decision::default() });
         memo.remember(1, 1, 500, d(true));
         memo.remember(2, 2, 100, d(true));
         // Slot of bundle 1 is worth nothing to bundle 2: it goes first.

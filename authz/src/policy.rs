@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use moka::sync::Cache;
@@ -17,7 +17,7 @@ use regorus::utils::limits::ExecutionTimerConfig;
 use regorus::{Engine, Value};
 use sha2::{Digest, Sha256};
 
-use crate::decision::Decision;
+use crate::decision::SharedDecision;
 use crate::jwt::PrehashedKey;
 
 /// How a bundle is loaded and evaluated.
@@ -116,7 +116,7 @@ pub struct DecisionCaching {
     pub ttl: Duration,
     /// Decisions for requests without a verified token, keyed by why there is none and by
     /// the request. It lives and dies with the bundle.
-    pub anonymous: Cache<u128, Arc<Decision>, PrehashedKey>,
+    pub anonymous: Cache<u128, SharedDecision, PrehashedKey>,
 }
 
 impl std::fmt::Debug for PolicyBundle {

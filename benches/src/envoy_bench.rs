@@ -112,7 +112,7 @@ enum Filters {
 
 enum Backend {
     None,
-    Noop,
+    Noop { like_authz: bool },
     Authz,
 }
 
@@ -148,7 +148,13 @@ pub fn run(plan: &Plan, bins: &Binaries, work: &Path) -> anyhow::Result<Vec<Row>
         setup("(a) Envoy alone (direct_response)", Filters::None, Backend::None, JOB),
         setup("(b) Envoy jwt_authn + rbac", Filters::JwtRbac { cache: false }, Backend::None, JOB),
         setup("(b') same, jwt_authn token cache on", Filters::JwtRbac { cache: true }, Backend::None, JOB),
-        setup("(e) ext_authz → do-nothing tonic server", Filters::ExtAuthz, Backend::Noop, JOB),
+        setup("(e) ext_authz → do-nothing tonic server", Filters::ExtAuthz, Backend::Noop { like_authz: false }, JOB),
+        setup(
+            "(e') same, answering like authz (3 headers set, 1 removed, 4 metadata fields)",
+            Filters::ExtAuthz,
+            Backend::Noop { like_authz: true },
+            JOB,
+        ),
         setup("(c) ext_authz → authz, RS256 + RBAC", Filters::ExtAuthz, Backend::Authz, JOB),
         setup("(d) authz, denied (403)", Filters::ExtAuthz, Backend::Authz, Load::H2load { path: "/v1/admin/jobs" }),
         setup("(c) authz, 1 token via loadgen", Filters::ExtAuthz, Backend::Authz, Load::Rotating { count: 1 }),
@@ -190,7 +196,13 @@ fn run_one(
     let (port, admin_port, backend_port) = (free_port(), free_port(), free_port());
     let backend = match setup.backend {
         Backend::None => None,
-        Backend::Noop => Some(pinned(&bins.noop, "1", &[backend_port.to_string()], &work.join("noop.log"))?),
+        Backend::Noop { like_authz } => {
+            let mut args = vec![backend_port.to_string()];
+            if like_authz {
+                args.push("--answer-like-authz".into());
+            }
+            Some(pinned(&bins.noop, "1", &args, &work.join("noop.log"))?)
+        }
         Backend::Authz => {
             let args: Vec<String> = [
                 "serve",
