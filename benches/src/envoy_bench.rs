@@ -112,7 +112,10 @@ enum Filters {
 
 enum Backend {
     None,
-    Noop { like_authz: bool },
+    /// The floor; `answer` is noop-authz's `--answer-like-authz` flag, if any.
+    Noop {
+        answer: Option<&'static str>,
+    },
     Authz,
 }
 
@@ -148,11 +151,23 @@ pub fn run(plan: &Plan, bins: &Binaries, work: &Path) -> anyhow::Result<Vec<Row>
         setup("(a) Envoy alone (direct_response)", Filters::None, Backend::None, JOB),
         setup("(b) Envoy jwt_authn + rbac", Filters::JwtRbac { cache: false }, Backend::None, JOB),
         setup("(b') same, jwt_authn token cache on", Filters::JwtRbac { cache: true }, Backend::None, JOB),
-        setup("(e) ext_authz → do-nothing tonic server", Filters::ExtAuthz, Backend::Noop { like_authz: false }, JOB),
+        setup("(e) ext_authz → do-nothing tonic server", Filters::ExtAuthz, Backend::Noop { answer: None }, JOB),
         setup(
             "(e') same, answering like authz (3 headers set, 1 removed, 4 metadata fields)",
             Filters::ExtAuthz,
-            Backend::Noop { like_authz: true },
+            Backend::Noop { answer: Some("--answer-like-authz") },
+            JOB,
+        ),
+        setup(
+            "(e'h) same, answering with authz's headers only",
+            Filters::ExtAuthz,
+            Backend::Noop { answer: Some("--answer-like-authz=headers") },
+            JOB,
+        ),
+        setup(
+            "(e'm) same, answering with authz's metadata only",
+            Filters::ExtAuthz,
+            Backend::Noop { answer: Some("--answer-like-authz=metadata") },
             JOB,
         ),
         setup("(c) ext_authz → authz, RS256 + RBAC", Filters::ExtAuthz, Backend::Authz, JOB),
@@ -196,11 +211,9 @@ fn run_one(
     let (port, admin_port, backend_port) = (free_port(), free_port(), free_port());
     let backend = match setup.backend {
         Backend::None => None,
-        Backend::Noop { like_authz } => {
+        Backend::Noop { answer } => {
             let mut args = vec![backend_port.to_string()];
-            if like_authz {
-                args.push("--answer-like-authz".into());
-            }
+            args.extend(answer.map(str::to_string));
             Some(pinned(&bins.noop, "1", &args, &work.join("noop.log"))?)
         }
         Backend::Authz => {

@@ -1,8 +1,9 @@
 //! The floor: an ext_authz server that answers OK to every Check without looking at it.
-//! `noop-authz PORT [--answer-like-authz]` (one worker thread, like authz pinned to one core
-//! in the benchmark). With `--answer-like-authz` the OK carries what authz's allow carries
-//! (three headers to set, one to remove, four dynamic-metadata fields), so that Envoy does
-//! the same work applying it: the floor of authz's own cost.
+//! `noop-authz PORT [--answer-like-authz[=headers|metadata]]` (one worker thread, like authz
+//! pinned to one core in the benchmark). With `--answer-like-authz` the OK carries what
+//! authz's allow carries (three headers to set, one to remove, four dynamic-metadata fields),
+//! so that Envoy does the same work applying it: the floor of authz's own cost. `=headers`
+//! or `=metadata` carries only that part, to see which one costs Envoy.
 
 use envoy_types::ext_authz::v3::pb::{Authorization, AuthorizationServer, CheckRequest, CheckResponse};
 use envoy_types::ext_authz::v3::CheckResponseExt;
@@ -22,8 +23,8 @@ impl Authorization for AlwaysOk {
     }
 }
 
-/// The shape of authz's answer to an allowed request of the benchmark.
-fn like_authz() -> CheckResponse {
+/// The shape of authz's answer to an allowed request of the benchmark (or part of it).
+fn like_authz(headers: bool, metadata: bool) -> CheckResponse {
     let header = |key: &str, value: &str| HeaderValueOption {
         header: Some(HeaderValue { key: key.into(), value: value.into(), raw_value: Vec::new() }),
         append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
@@ -31,15 +32,19 @@ fn like_authz() -> CheckResponse {
     };
     let id = "6c0f3e0a-52f4-4c3e-9a0e-1b7b2f4d5e6f";
     let mut response = CheckResponse::with_status(Status::ok(""));
-    response.http_response = Some(HttpResponse::OkResponse(OkHttpResponse {
-        headers: vec![
-            header("x-qiria-subject", "alice"),
-            header("x-qiria-roles", "User"),
-            header("x-qiria-decision-id", id),
-        ],
-        headers_to_remove: vec!["authorization".into()],
-        ..Default::default()
-    }));
+    if !headers {
+        response.http_response = Some(HttpResponse::OkResponse(OkHttpResponse::default()));
+    } else {
+        response.http_response = Some(HttpResponse::OkResponse(OkHttpResponse {
+            headers: vec![
+                header("x-qiria-subject", "alice"),
+                header("x-qiria-roles", "User"),
+                header("x-qiria-decision-id", id),
+            ],
+            headers_to_remove: vec!["authorization".into()],
+            ..Default::default()
+        }));
+    }
     let string = |s: &str| Value { kind: Some(Kind::StringValue(s.into())) };
     let fields = [
         ("decision_id".to_string(), string(id)),
@@ -47,7 +52,9 @@ fn like_authz() -> CheckResponse {
         ("allowed".to_string(), Value { kind: Some(Kind::BoolValue(true)) }),
         ("status".to_string(), Value { kind: Some(Kind::NumberValue(200.0)) }),
     ];
-    response.dynamic_metadata = Some(Struct { fields: fields.into_iter().collect() });
+    if metadata {
+        response.dynamic_metadata = Some(Struct { fields: fields.into_iter().collect() });
+    }
     response
 }
 
@@ -55,8 +62,11 @@ fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let port: u16 = args.next().and_then(|p| p.parse().ok()).unwrap_or(9191);
     let answer = match args.next().as_deref() {
-        Some("--answer-like-authz") => like_authz(),
-        _ => CheckResponse::with_status(Status::ok("")),
+        Some("--answer-like-authz") => like_authz(true, true),
+        Some("--answer-like-authz=headers") => like_authz(true, false),
+        Some("--answer-like-authz=metadata") => like_authz(false, true),
+        Some(other) => anyhow::bail!("unknown argument {other}"),
+        None => CheckResponse::with_status(Status::ok("")),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     runtime.block_on(async {
