@@ -26,6 +26,7 @@ pub mod secret_dir;
 pub mod server;
 pub mod signing;
 pub mod store;
+pub mod thread_slot;
 pub mod throttle;
 pub mod token_api;
 pub mod watch;

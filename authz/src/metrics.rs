@@ -1,7 +1,7 @@
 //! Prometheus metrics of the decision service, served by the admin server at `/metrics`.
 //! The two written on every decision are striped per thread (see [`StripedCounter`]).
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +12,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
+
+use crate::thread_slot::thread_slot;
 
 /// Labels of a decision counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -89,15 +91,6 @@ const STRIPES: usize = 16;
 #[derive(Debug, Default)]
 struct Padded<T>(T);
 
-/// The calling thread's stripe, handed out round-robin on first use.
-fn stripe() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static STRIPE: usize = NEXT.fetch_add(1, Relaxed) % STRIPES;
-    }
-    STRIPE.with(|s| *s)
-}
-
 /// A counter whose increments land on the calling thread's stripe and are summed when
 /// scraped. prometheus-client's counter is one atomic that every core writes on every
 /// decision; measured, that cache line alone held two cores to 1.7× one core's throughput.
@@ -107,7 +100,7 @@ pub struct StripedCounter(Arc<[Padded<AtomicU64>; STRIPES]>);
 impl StripedCounter {
     /// Adds one.
     pub fn inc(&self) {
-        self.0[stripe()].0.fetch_add(1, Relaxed);
+        self.0[thread_slot() % STRIPES].0.fetch_add(1, Relaxed);
     }
 
     /// The total.
@@ -161,7 +154,7 @@ impl StripedHistogram {
 
     /// Records one duration.
     pub fn observe(&self, duration: Duration) {
-        let stripe = &self.stripes[stripe() % self.stripes.len()].0;
+        let stripe = &self.stripes[thread_slot() % self.stripes.len()].0;
         let seconds = duration.as_secs_f64();
         let bucket = self.bounds.iter().position(|b| seconds <= *b).unwrap_or(self.bounds.len());
         if let Some(b) = stripe.buckets.get(bucket) {

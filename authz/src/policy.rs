@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 
 use crate::decision::SharedDecision;
 use crate::jwt::PrehashedKey;
+use crate::thread_slot::thread_slot;
 
 /// How a bundle is loaded and evaluated.
 #[derive(Debug, Clone)]
@@ -148,16 +149,6 @@ const COPY_PER_CORE_UP_TO: usize = 4 << 20;
 /// How many request engines a bundle keeps: one per core this process may run on.
 fn request_engine_count() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 64)
-}
-
-/// The request engine this thread uses: threads are dealt engines round-robin on their
-/// first evaluation, so the runtime's workers (one per core) each get their own.
-fn request_engine_slot() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static SLOT: usize = NEXT.fetch_add(1, Ordering::Relaxed);
-    }
-    SLOT.with(|s| *s)
 }
 
 /// What a bundle is built from, to build its engines.
@@ -348,9 +339,10 @@ impl PolicyBundle {
         let rule = self.decision_rule.as_ref().ok_or_else(|| PolicyError::Eval("no decision rule".into()))?;
         let slot = self
             .request_engines
-            .get(request_engine_slot() % self.request_engines.len().max(1))
+            .get(thread_slot() % self.request_engines.len().max(1))
             .ok_or_else(|| PolicyError::Eval("no request engine".into()))?;
-        // Uncontended but for threads beyond one per core; a panic inside regorus poisons
+        // Threads are dealt engines round-robin (`thread_slot`), so the lock is uncontended
+        // but for threads beyond one per core; a panic inside regorus poisons
         // only this engine's evaluations, which then deny.
         let mut engine = slot.lock().map_err(|_| PolicyError::Eval("engine poisoned by an earlier panic".into()))?;
         engine.set_input(input);

@@ -90,7 +90,8 @@ pub fn render(
             }
             _ => "not measured",
         };
-        let _ = writeln!(out, "- {name}: {} {unit} vs limit {} {unit} → **{verdict}**", opt(value, 2), opt(limit, 2));
+        let unit = if unit.is_empty() { String::new() } else { format!(" {unit}") };
+        let _ = writeln!(out, "- {name}: {}{unit} vs limit {}{unit} → **{verdict}**", opt(value, 2), opt(limit, 2));
     };
     let cpu = |r: Option<&Row>| r.and_then(|r| r.backend_cpu_us);
     target("authz CPU per decision, cached token (c) ≤ 1.5 × floor (e)", cpu(ours), cpu(floor).map(|f| 1.5 * f), "µs");
