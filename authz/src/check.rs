@@ -28,8 +28,13 @@ use crate::policy::{PolicyBundle, PolicyError};
 pub const SUBJECT_HEADER: &str = "x-qiria-subject";
 /// Header carrying the verified roles (comma-separated) to the upstream.
 pub const ROLES_HEADER: &str = "x-qiria-roles";
-/// Header carrying the decision id to the upstream and on denials to the client.
+/// Header carrying the decision id of a denial to the client. Allowed requests do not carry it
+/// upstream (a client-sent copy is removed): every header set costs Envoy ~4,000 instructions
+/// per request, and the upstream already has `x-request-id`, which the decision log records.
 pub const DECISION_ID_HEADER: &str = "x-qiria-decision-id";
+/// The request id Envoy generates (or keeps) and forwards upstream: the decision log's join key
+/// with the upstream's and Envoy's own logs.
+const REQUEST_ID_HEADER: &str = "x-request-id";
 /// Namespace-free key of the decision id in the response's dynamic metadata.
 pub const DECISION_ID_KEY: &str = "decision_id";
 
@@ -147,7 +152,7 @@ impl Authorizer {
             }
         };
         let allowed = matches!(response.http_response, Some(HttpResponse::OkResponse(_)));
-        response.dynamic_metadata = Some(metadata(&decision_id, revision, allowed, status, policy_metadata.as_ref()));
+        response.dynamic_metadata = Some(metadata(&decision_id, revision, policy_metadata.as_ref()));
         match (allowed, status) {
             (true, 200) => self.counters.allowed.inc(),
             (false, 401) => self.counters.unauthenticated.inc(),
@@ -164,6 +169,7 @@ impl Authorizer {
             info!(
                 target: "qiria::decision",
                 decision_id,
+                request_id = http.and_then(|h| h.headers.get(REQUEST_ID_HEADER)).map(String::as_str).unwrap_or_default(),
                 allowed,
                 status,
                 revision,
@@ -252,7 +258,7 @@ fn allow(
         }
         None => to_remove.extend([SUBJECT_HEADER.to_string(), ROLES_HEADER.to_string()]),
     }
-    headers.push(header(DECISION_ID_HEADER, decision_id));
+    to_remove.push(DECISION_ID_HEADER.to_string());
     if !forward_token {
         to_remove.push("authorization".to_string());
     }
@@ -316,16 +322,16 @@ fn header_safe(value: &str) -> bool {
 }
 
 /// Dynamic metadata for Envoy: the policy's own entries, then ours (which it cannot override).
-fn metadata(decision_id: &str, revision: &str, allowed: bool, status: u16, policy: Option<&JsonMap>) -> Struct {
+/// Only the decision id and the bundle revision: Envoy pays ~4,000 instructions per field per
+/// request, and whether the request was allowed, with which status, its access log already has.
+fn metadata(decision_id: &str, revision: &str, policy: Option<&JsonMap>) -> Struct {
     let string = |s: &str| PbValue { kind: Some(Kind::StringValue(s.to_string())) };
-    let mut fields = std::collections::HashMap::with_capacity(4 + policy.map_or(0, |p| p.len()));
+    let mut fields = std::collections::HashMap::with_capacity(2 + policy.map_or(0, |p| p.len()));
     for (key, value) in policy.into_iter().flatten() {
         fields.insert(key.clone(), pb_value(value));
     }
     fields.insert(DECISION_ID_KEY.to_string(), string(decision_id));
     fields.insert("bundle_revision".to_string(), string(revision));
-    fields.insert("allowed".to_string(), PbValue { kind: Some(Kind::BoolValue(allowed)) });
-    fields.insert("status".to_string(), PbValue { kind: Some(Kind::NumberValue(f64::from(status))) });
     Struct { fields }
 }
 

@@ -112,14 +112,15 @@ impl Authz {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// The decision log line of `decision_id`; panics with the log when there is none.
-    pub fn decision_log(&self, decision_id: &str) -> serde_json::Value {
+    /// The decision log line whose decision id or request id is `key` (see
+    /// [`crate::call::Reply::decision_key`]); panics with the log when there is none.
+    pub fn decision_log(&self, key: &str) -> serde_json::Value {
         let output = self.output();
         output
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .find(|l| l["decision_id"] == decision_id)
-            .unwrap_or_else(|| panic!("decision {decision_id} not logged:\n{output}"))
+            .find(|l| l["decision_id"] == key || l["request_id"] == key)
+            .unwrap_or_else(|| panic!("decision {key} not logged:\n{output}"))
     }
 
     /// The active policy revision ("" when none).

@@ -39,13 +39,12 @@ impl Reply {
         self.echo.as_ref().and_then(|e| e.headers.get(name).cloned()).unwrap_or_default()
     }
 
-    /// The id of the decision that let the request through (as the upstream saw it) or
-    /// denied it (as the client saw it).
-    pub fn decision_id(&self) -> Option<String> {
-        let id = "x-qiria-decision-id";
+    /// What finds this request's line in authz's decision log: the `x-request-id` the upstream
+    /// received with an allowed request, or the decision id a denial carried to the client.
+    pub fn decision_key(&self) -> Option<String> {
         match &self.echo {
-            Some(_) => self.upstream_header(id).pop(),
-            None => self.headers.get(id).and_then(|v| v.to_str().ok()).map(str::to_string),
+            Some(_) => self.upstream_header("x-request-id").pop(),
+            None => self.headers.get("x-qiria-decision-id").and_then(|v| v.to_str().ok()).map(str::to_string),
         }
     }
 }

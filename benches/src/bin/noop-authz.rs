@@ -1,7 +1,7 @@
 //! The floor: an ext_authz server that answers OK to every Check without looking at it.
 //! `noop-authz PORT [--answer-like-authz[=headers|metadata]]` (one worker thread, like authz
 //! pinned to one core in the benchmark). With `--answer-like-authz` the OK carries what
-//! authz's allow carries (three headers to set, one to remove, four dynamic-metadata fields),
+//! authz's allow carries (two headers to set, two to remove, two dynamic-metadata fields),
 //! so that Envoy does the same work applying it: the floor of authz's own cost. `=headers`
 //! or `=metadata` carries only that part, to see which one costs Envoy.
 
@@ -36,22 +36,13 @@ fn like_authz(headers: bool, metadata: bool) -> CheckResponse {
         response.http_response = Some(HttpResponse::OkResponse(OkHttpResponse::default()));
     } else {
         response.http_response = Some(HttpResponse::OkResponse(OkHttpResponse {
-            headers: vec![
-                header("x-qiria-subject", "alice"),
-                header("x-qiria-roles", "User"),
-                header("x-qiria-decision-id", id),
-            ],
-            headers_to_remove: vec!["authorization".into()],
+            headers: vec![header("x-qiria-subject", "alice"), header("x-qiria-roles", "User")],
+            headers_to_remove: vec!["authorization".into(), "x-qiria-decision-id".into()],
             ..Default::default()
         }));
     }
     let string = |s: &str| Value { kind: Some(Kind::StringValue(s.into())) };
-    let fields = [
-        ("decision_id".to_string(), string(id)),
-        ("bundle_revision".to_string(), string("0123456789abcdef")),
-        ("allowed".to_string(), Value { kind: Some(Kind::BoolValue(true)) }),
-        ("status".to_string(), Value { kind: Some(Kind::NumberValue(200.0)) }),
-    ];
+    let fields = [("decision_id".to_string(), string(id)), ("bundle_revision".to_string(), string("0123456789abcdef"))];
     if metadata {
         response.dynamic_metadata = Some(Struct { fields: fields.into_iter().collect() });
     }
