@@ -3,7 +3,8 @@
 # server can give: the deterministic view of what applying authz's answer costs Envoy, which
 # CPU time on this shared machine only shows with ±10% noise.
 #   benches/scripts/envoy-instructions.sh [REQUESTS]      (after `cargo build --release -p qiria-benches`)
-# Prints one line per answer: plain OK, like authz's allow, its headers only, its metadata only.
+# Prints one line per answer: plain OK, like authz's allow, its headers only, its metadata only,
+# then authz itself (shipped policy, one cached RS256 token).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 n=${1:-2000}
@@ -22,15 +23,25 @@ for k, v in {"HTTP_FILTERS": filters, "LISTEN_PORT": listen, "ADMIN_PORT": admin
     config = config.replace("{{%s}}" % k, v)
 open(out, "w").write(config)
 PY
-for answer in "" --answer-like-authz --answer-like-authz=headers --answer-like-authz=metadata; do
-  "$target/noop-authz" "$backend" $answer & noop=$!
+"$target/authz" keys generate --dir "$work/keys" --kid bench-1 >/dev/null
+token=$("$target/authz" token mint --key "$work/keys/private/bench-1.pem" --sub alice --roles User --ttl 3600)
+for answer in "" --answer-like-authz --answer-like-authz=headers --answer-like-authz=metadata authz; do
+  if [ "$answer" = authz ]; then
+    QIRIA_AUTHZ_LOG__DECISIONS=false "$target/authz" serve --grpc-addr "127.0.0.1:$backend" \
+      --admin-addr "127.0.0.1:$(port)" --policy-dir policies/rego --keys-dir "$work/keys/public" \
+      >"$work/authz.log" 2>&1 & noop=$!
+    sleep 1
+  else
+    "$target/noop-authz" "$backend" $answer & noop=$!
+  fi
   valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" "$envoy" -c "$work/envoy.yaml" \
     --concurrency 1 --disable-hot-restart --log-level error >"$work/envoy.log" 2>&1 & envoy_pid=$!
   for _ in $(seq 1 600); do curl -fs -o /dev/null "http://127.0.0.1:$admin/ready" && break; sleep 0.2; done
-  h2load -n 400 -c 4 -m 16 "http://127.0.0.1:$listen/v1/jobs/42" >/dev/null  # warm-up, not counted
-  callgrind_control -z "$envoy_pid" >/dev/null
-  ok=$(h2load -n "$n" -c 4 -m 16 "http://127.0.0.1:$listen/v1/jobs/42" | sed -n 's/^status codes: \([0-9]*\) 2xx.*/\1/p')
-  callgrind_control -d "$envoy_pid" >/dev/null
+  load=(h2load -c 4 -m 16 -H "authorization: Bearer $token")
+  "${load[@]}" -n 400 "http://127.0.0.1:$listen/v1/jobs/42" >/dev/null  # warm-up, not counted
+  callgrind_control -z "$envoy_pid" >/dev/null 2>&1
+  ok=$("${load[@]}" -n "$n" "http://127.0.0.1:$listen/v1/jobs/42" | sed -n 's/^status codes: \([0-9]*\) 2xx.*/\1/p')
+  callgrind_control -d "$envoy_pid" >/dev/null 2>&1
   sleep 1
   total=$(grep -h '^summary:' "$work"/cg.out.* | tail -1 | awk '{print $2}')
   [ "$ok" = "$n" ] || { echo "only $ok of $n requests allowed with answer '${answer:-plain}'" >&2; exit 1; }
