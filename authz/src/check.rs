@@ -35,6 +35,9 @@ pub const DECISION_ID_HEADER: &str = "x-qiria-decision-id";
 /// The request id Envoy generates (or keeps) and forwards upstream: the decision log's join key
 /// with the upstream's and Envoy's own logs.
 const REQUEST_ID_HEADER: &str = "x-request-id";
+/// Longest path and request id a decision log line repeats (longer ones are cut).
+const MAX_LOGGED_PATH: usize = 2048;
+const MAX_LOGGED_REQUEST_ID: usize = 128;
 /// Namespace-free key of the decision id in the response's dynamic metadata.
 pub const DECISION_ID_KEY: &str = "decision_id";
 
@@ -166,10 +169,14 @@ impl Authorizer {
         if self.log_decisions {
             // The query string may carry secrets: only the path is logged.
             let path = http.map(|h| h.path.split('?').next().unwrap_or_default()).unwrap_or_default();
+            // Both come from the client: bounded, so that one request cannot write a 60 KB line.
+            let path = bounded(path, MAX_LOGGED_PATH);
+            let request_id = http.and_then(|h| h.headers.get(REQUEST_ID_HEADER)).map(String::as_str);
+            let request_id = bounded(request_id.unwrap_or_default(), MAX_LOGGED_REQUEST_ID);
             info!(
                 target: "qiria::decision",
                 decision_id,
-                request_id = http.and_then(|h| h.headers.get(REQUEST_ID_HEADER)).map(String::as_str).unwrap_or_default(),
+                request_id,
                 allowed,
                 status,
                 revision,
@@ -321,6 +328,15 @@ fn header_safe(value: &str) -> bool {
     value.bytes().all(|b| (0x20..0x7f).contains(&b))
 }
 
+/// `text` cut to at most `max` bytes, on a character boundary.
+fn bounded(text: &str, max: usize) -> &str {
+    let mut end = max.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// Dynamic metadata for Envoy: the policy's own entries, then ours (which it cannot override).
 /// Only the decision id and the bundle revision: Envoy pays ~4,000 instructions per field per
 /// request, and whether the request was allowed, with which status, its access log already has.
@@ -362,5 +378,19 @@ impl Authorization for CheckService {
         // at the default `info` level it is disabled and costs a branch.
         let _span = tracing::debug_span!("ext_authz.check").entered();
         Ok(Response::new(self.0.check(request.get_ref())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bounded;
+
+    #[test]
+    fn logged_client_text_is_cut_on_a_character_boundary() {
+        assert_eq!(bounded("abc", 8), "abc");
+        assert_eq!(bounded("abcdef", 4), "abcd");
+        // "é" is two bytes: a cut inside it keeps the whole characters before it.
+        assert_eq!(bounded("aéb", 2), "a");
+        assert_eq!(bounded("", 4), "");
     }
 }
