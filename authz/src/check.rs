@@ -289,6 +289,16 @@ fn allow(
     (response, 200)
 }
 
+/// What authz answers when the policy plainly allows a verified identity's request (with the
+/// default `jwt.forward_token = false`): the benchmark's floor replays it, so that Envoy's cost
+/// of applying authz's answer is measured on the answer itself, not on a copy of its shape.
+pub fn plain_allow(subject: &str, roles: &str, decision_id: &str, revision: &str) -> CheckResponse {
+    let decision = Decision { allowed: true, ..Decision::default() };
+    let (mut response, _) = allow(&decision, Some((subject, roles)), false, decision_id);
+    response.dynamic_metadata = Some(metadata(decision_id, revision, None));
+    response
+}
+
 /// A denial: the policy's own status, headers and body when it gave them, ours otherwise.
 fn deny(denial: &Denial, policy_decision: &Decision, decision_id: &str) -> (CheckResponse, u16) {
     let (default_status, code, error) = denial.status();

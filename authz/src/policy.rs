@@ -342,8 +342,8 @@ impl PolicyBundle {
             .get(thread_slot() % self.request_engines.len().max(1))
             .ok_or_else(|| PolicyError::Eval("no request engine".into()))?;
         // Threads are dealt engines round-robin (`thread_slot`), so the lock is uncontended
-        // but for threads beyond one per core; a panic inside regorus poisons
-        // only this engine's evaluations, which then deny.
+        // but for threads beyond one per core; a panic inside regorus poisons only this
+        // engine's evaluations, which then deny.
         let mut engine = slot.lock().map_err(|_| PolicyError::Eval("engine poisoned by an earlier panic".into()))?;
         engine.set_input(input);
         engine.eval_rule(rule.clone()).map_err(|e| PolicyError::Eval(e.to_string()))

@@ -153,7 +153,7 @@ pub fn run(plan: &Plan, bins: &Binaries, work: &Path) -> anyhow::Result<Vec<Row>
         setup("(b') same, jwt_authn token cache on", Filters::JwtRbac { cache: true }, Backend::None, JOB),
         setup("(e) ext_authz → do-nothing tonic server", Filters::ExtAuthz, Backend::Noop { answer: None }, JOB),
         setup(
-            "(e') same, answering like authz (2 headers set, 2 removed, 2 metadata fields)",
+            "(e') same, answering with authz's own allow (headers and metadata)",
             Filters::ExtAuthz,
             Backend::Noop { answer: Some("--answer-like-authz") },
             JOB,

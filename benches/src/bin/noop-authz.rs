@@ -1,17 +1,14 @@
 //! The floor: an ext_authz server that answers OK to every Check without looking at it.
 //! `noop-authz PORT [--answer-like-authz[=headers|metadata]]` (one worker thread, like authz
-//! pinned to one core in the benchmark). With `--answer-like-authz` the OK carries what
-//! authz's allow carries (two headers to set, two to remove, two dynamic-metadata fields),
-//! so that Envoy does the same work applying it: the floor of authz's own cost. `=headers`
-//! or `=metadata` carries only that part, to see which one costs Envoy.
+//! pinned to one core in the benchmark). With `--answer-like-authz` the OK is authz's own
+//! allow (built by `authz::check::plain_allow`), so that Envoy does the same work applying it:
+//! the floor of authz's own cost. `=headers` or `=metadata` carries only that part, to see
+//! which one costs Envoy.
 
 use envoy_types::ext_authz::v3::pb::{Authorization, AuthorizationServer, CheckRequest, CheckResponse};
 use envoy_types::ext_authz::v3::CheckResponseExt;
-use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
-use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::OkHttpResponse;
-use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
 use tonic::{Request, Response, Status};
 
 struct AlwaysOk(CheckResponse);
@@ -23,28 +20,16 @@ impl Authorization for AlwaysOk {
     }
 }
 
-/// The shape of authz's answer to an allowed request of the benchmark (or part of it).
+/// authz's own answer to an allowed request of the benchmark, or only its headers or only its
+/// metadata.
 fn like_authz(headers: bool, metadata: bool) -> CheckResponse {
-    let header = |key: &str, value: &str| HeaderValueOption {
-        header: Some(HeaderValue { key: key.into(), value: value.into(), raw_value: Vec::new() }),
-        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
-        ..Default::default()
-    };
-    let id = "6c0f3e0a-52f4-4c3e-9a0e-1b7b2f4d5e6f";
-    let mut response = CheckResponse::with_status(Status::ok(""));
+    let mut response =
+        authz::check::plain_allow("alice", "User", "6c0f3e0a-52f4-4c3e-9a0e-1b7b2f4d5e6f", "0123456789abcdef");
     if !headers {
         response.http_response = Some(HttpResponse::OkResponse(OkHttpResponse::default()));
-    } else {
-        response.http_response = Some(HttpResponse::OkResponse(OkHttpResponse {
-            headers: vec![header("x-qiria-subject", "alice"), header("x-qiria-roles", "User")],
-            headers_to_remove: vec!["authorization".into(), "x-qiria-decision-id".into()],
-            ..Default::default()
-        }));
     }
-    let string = |s: &str| Value { kind: Some(Kind::StringValue(s.into())) };
-    let fields = [("decision_id".to_string(), string(id)), ("bundle_revision".to_string(), string("0123456789abcdef"))];
-    if metadata {
-        response.dynamic_metadata = Some(Struct { fields: fields.into_iter().collect() });
+    if !metadata {
+        response.dynamic_metadata = None;
     }
     response
 }
