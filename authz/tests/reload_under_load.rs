@@ -2,7 +2,7 @@
 //! right one for the bundle revision that made it, a broken bundle is refused while the old
 //! one keeps serving, and keys come and go without a failed request.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +14,7 @@ use qiria_test_support::wait_until;
 
 const AUTHZ: &str = env!("CARGO_BIN_EXE_authz");
 
-/// Runs `workers` request loops until `stop`, returning (status, bundle revision) per path.
+/// Runs four request loops until `stop`, returning the (path, status) of every request.
 fn load(
     base: String,
     requests: Vec<(&'static str, String)>,
@@ -97,19 +97,24 @@ async fn policy_edit_under_load_switches_with_no_wrong_decision() {
     let metrics = stack.authz.metrics().await;
     assert!(metrics.contains("qiria_authz_policy_reloads_total{result=\"rejected\"}"), "{metrics}");
 
-    // Every decision was right for the revision that made it (Envoy logs the revision;
-    // it flushes its access log about once a second).
+    // Every decision was right for the revision that made it: Envoy logs each request's status
+    // and decision id, the decision log the revision behind that id (Envoy flushes its access
+    // log about once a second).
     wait_until(Duration::from_secs(5), || async { stack.envoy.access_log().len() >= seen.len() }).await;
     let log = stack.envoy.access_log();
+    let revisions: HashMap<String, String> = stack
+        .authz
+        .decision_logs()
+        .into_iter()
+        .map(|l| (l["decision_id"].as_str().unwrap().to_string(), l["revision"].as_str().unwrap().to_string()))
+        .collect();
     let mut by_revision: BTreeMap<String, usize> = BTreeMap::new();
     for line in &log {
-        let (path, status, revision) = (
-            line["path"].as_str().unwrap(),
-            line["status"].as_u64().unwrap(),
-            line["bundle_revision"].as_str().unwrap(),
-        );
-        let after = revision == new_revision;
-        assert!(after || revision == old_revision, "unknown revision {revision}: {line}");
+        let (path, status, decision_id) =
+            (line["path"].as_str().unwrap(), line["status"].as_u64().unwrap(), line["decision_id"].as_str().unwrap());
+        let revision = revisions.get(decision_id).unwrap_or_else(|| panic!("decision not logged by authz: {line}"));
+        let after = *revision == new_revision;
+        assert!(after || *revision == old_revision, "unknown revision {revision}: {line}");
         let expected = match path {
             "/v1/jobs/1" => 200,
             "/v1/admin/jobs" => 403,

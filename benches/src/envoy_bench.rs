@@ -36,6 +36,9 @@ pub struct Plan {
     pub soak_seconds: u64,
     /// Run only the configurations whose name contains this (all when `None`).
     pub only: Option<String>,
+    /// Alternating maximum-load runs of the floor (e) and authz (c) after the table, for the
+    /// throughput ratio: on a shared machine one pair minutes apart is one noisy sample.
+    pub pairs: usize,
 }
 
 impl Plan {
@@ -50,6 +53,7 @@ impl Plan {
             streams: 16,
             soak_seconds: 0,
             only: None,
+            pairs: 5,
         }
     }
 
@@ -64,6 +68,7 @@ impl Plan {
             streams: 4,
             soak_seconds: 0,
             only: None,
+            pairs: 1,
         }
     }
 }
@@ -133,8 +138,17 @@ struct Setup {
     load: Load,
 }
 
-/// Runs every configuration; returns the rows in order.
-pub fn run(plan: &Plan, bins: &Binaries, work: &Path) -> anyhow::Result<Vec<Row>> {
+/// What one run of the load benchmark measured.
+#[derive(Debug, Clone, Default)]
+pub struct LoadResults {
+    /// One row per configuration, in order.
+    pub rows: Vec<Row>,
+    /// Maximum req/s of the floor (e) and of authz (c), measured back to back, pair by pair.
+    pub pairs: Vec<(f64, f64)>,
+}
+
+/// Runs every configuration, then the alternating (e)/(c) pairs (full runs only).
+pub fn run(plan: &Plan, bins: &Binaries, work: &Path) -> anyhow::Result<LoadResults> {
     let key = SigningKey::rsa("bench-rs256");
     let keys_dir = work.join("keys");
     std::fs::create_dir_all(&keys_dir)?;
@@ -185,19 +199,42 @@ pub fn run(plan: &Plan, bins: &Binaries, work: &Path) -> anyhow::Result<Vec<Row>
     }
 
     let jwks = jwks(&key);
-    let mut rows = Vec::new();
+    let run = |setup: &Setup, measure, fixed_rate: &mut Option<f64>| {
+        run_one(setup, measure, plan, bins, work, &keys_dir, &token, &key, &ec, &jwks, fixed_rate)
+    };
+    let mut results = LoadResults::default();
     let mut fixed_rate = None;
     for setup in &setups {
-        let row = run_one(setup, plan, bins, work, &keys_dir, &token, &key, &ec, &jwks, &mut fixed_rate)?;
+        let row = run(setup, Measure::Everything, &mut fixed_rate)?;
         eprintln!("  {}: {:.0} req/s", row.name, row.rps);
-        rows.push(row);
+        results.rows.push(row);
     }
-    Ok(rows)
+    if plan.only.is_none() {
+        let floor = setup("(e)", Filters::ExtAuthz, Backend::Noop { answer: None }, JOB);
+        let ours = setup("(c)", Filters::ExtAuthz, Backend::Authz, JOB);
+        for _ in 0..plan.pairs {
+            let e = run(&floor, Measure::MaxOnly, &mut fixed_rate)?.rps;
+            let c = run(&ours, Measure::MaxOnly, &mut fixed_rate)?.rps;
+            eprintln!("  pair: (e) {e:.0}, (c) {c:.0} req/s, ratio {:.3}", c / e);
+            results.pairs.push((e, c));
+        }
+    }
+    Ok(results)
+}
+
+/// How much of a configuration to measure.
+#[derive(Clone, Copy, PartialEq)]
+enum Measure {
+    /// Maximum load, fixed rate and unloaded latency.
+    Everything,
+    /// Maximum load only.
+    MaxOnly,
 }
 
 #[allow(clippy::too_many_arguments)]
 fn run_one(
     setup: &Setup,
+    measure: Measure,
     plan: &Plan,
     bins: &Binaries,
     work: &Path,
@@ -287,6 +324,9 @@ fn run_one(
             row.rps = max.rps;
             row.statuses = max.statuses;
             (row.envoy_cpu_us, row.backend_cpu_us) = per_request(before, after, max.done);
+            if measure == Measure::MaxOnly {
+                return Ok(row);
+            }
             // Latency at a fixed rate: half of what Envoy alone sustains.
             let rate = *fixed_rate.get_or_insert(max.rps / 2.0);
             let per_client = ((rate / plan.connections as f64).floor() as u64).max(1).to_string();

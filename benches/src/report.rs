@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use crate::envoy_bench::{Plan, Row};
+use crate::envoy_bench::{LoadResults, Plan, Row};
 
 fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
@@ -33,14 +33,27 @@ fn find<'a>(rows: &'a [Row], prefix: &str) -> Option<&'a Row> {
     rows.iter().find(|r| r.name.starts_with(prefix))
 }
 
+/// The median of (c) / (e) over the alternating pairs.
+fn median_ratio(pairs: &[(f64, f64)]) -> Option<f64> {
+    let mut ratios: Vec<f64> = pairs.iter().map(|(e, c)| c / e).filter(|r| r.is_finite()).collect();
+    ratios.sort_by(f64::total_cmp);
+    let n = ratios.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(ratios[n / 2]),
+        _ => Some((ratios[n / 2 - 1] + ratios[n / 2]) / 2.0),
+    }
+}
+
 /// Renders the Markdown report.
 pub fn render(
-    rows: &[Row],
+    results: &LoadResults,
     instructions: &[(&str, anyhow::Result<f64>)],
     scaling: &[(&str, anyhow::Result<(f64, f64)>)],
     plan: &Plan,
     smoke: bool,
 ) -> String {
+    let rows = &results.rows[..];
     let mut out = String::new();
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let _ = writeln!(out, "# Benchmark results{}\n", if smoke { " (smoke run: too short to quote)" } else { "" });
@@ -104,12 +117,25 @@ pub fn render(
             "µs",
         );
     }
-    target(
-        "(c) max req/s ≥ 0.9 × (e): (e) × 0.9 − (c), must be ≤ 0",
-        ours.zip(floor).map(|(c, e)| 0.9 * e.rps - c.rps),
-        Some(0.0),
-        "req/s",
-    );
+    // Judged on the alternating pairs when there are any: the table's (e) and (c) ran minutes
+    // apart, and this machine's neighbours move throughput by several percent in that time.
+    match median_ratio(&results.pairs) {
+        Some(ratio) => target(
+            &format!(
+                "(c) max req/s ≥ 0.9 × (e), median of {} alternating pairs: 0.9 − (c)/(e), must be ≤ 0",
+                results.pairs.len()
+            ),
+            Some(0.9 - ratio),
+            Some(0.0),
+            "",
+        ),
+        None => target(
+            "(c) max req/s ≥ 0.9 × (e): (e) × 0.9 − (c), must be ≤ 0",
+            ours.zip(floor).map(|(c, e)| 0.9 * e.rps - c.rps),
+            Some(0.0),
+            "req/s",
+        ),
+    }
     target(
         "context, not an issue target — (c) max req/s ≥ 0.9 × (e'), the floor answering like authz: (e') × 0.9 − (c), must be ≤ 0",
         ours.zip(answering_floor).map(|(c, e)| 0.9 * e.rps - c.rps),
@@ -140,6 +166,18 @@ pub fn render(
             Some(0.0),
             "",
         );
+    }
+    if !results.pairs.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n## Throughput of (c) against the floor (e), alternating maximum-load runs of {} s\n",
+            plan.seconds
+        );
+        let _ = writeln!(out, "| pair | (e) req/s | (c) req/s | (c) / (e) |\n|---|---|---|---|");
+        for (i, (e, c)) in results.pairs.iter().enumerate() {
+            let _ = writeln!(out, "| {} | {e:.0} | {c:.0} | {:.3} |", i + 1, c / e);
+        }
+        let _ = writeln!(out, "\nmedian (c) / (e): {}", opt(median_ratio(&results.pairs), 3));
     }
     if let Some(soaked) = rows.iter().find(|r| !r.soak_rss.is_empty()) {
         let _ = writeln!(out, "\n## Memory under sustained load ({})\n", soaked.name);
@@ -180,4 +218,21 @@ pub fn render(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median_ratio;
+
+    #[test]
+    fn median_of_pair_ratios() {
+        assert_eq!(median_ratio(&[]), None);
+        assert_eq!(median_ratio(&[(100.0, 90.0)]), Some(0.9));
+        // Odd: the middle ratio, not the ratio of the middle throughputs.
+        assert_eq!(median_ratio(&[(100.0, 80.0), (200.0, 190.0), (100.0, 90.0)]), Some(0.9));
+        let even = median_ratio(&[(100.0, 80.0), (100.0, 90.0), (100.0, 95.0), (100.0, 99.0)]).unwrap();
+        assert!((even - 0.925).abs() < 1e-12, "{even}");
+        // A zero floor (a failed run) does not count as a pair.
+        assert_eq!(median_ratio(&[(0.0, 10.0), (100.0, 90.0)]), Some(0.9));
+    }
 }

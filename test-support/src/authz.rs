@@ -115,12 +115,20 @@ impl Authz {
     /// The decision log line whose decision id or request id is `key` (see
     /// [`crate::call::Reply::decision_key`]); panics with the log when there is none.
     pub fn decision_log(&self, key: &str) -> serde_json::Value {
+        self.decision_logs()
+            .into_iter()
+            .find(|l| l["decision_id"] == key || l["request_id"] == key)
+            .unwrap_or_else(|| panic!("decision {key} not logged:\n{}", self.output()))
+    }
+
+    /// Every decision log line so far, in order.
+    pub fn decision_logs(&self) -> Vec<serde_json::Value> {
         let output = self.output();
         output
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .find(|l| l["decision_id"] == key || l["request_id"] == key)
-            .unwrap_or_else(|| panic!("decision {key} not logged:\n{output}"))
+            .filter(|l| l["decision_id"].is_string() && l["allowed"].is_boolean())
+            .collect()
     }
 
     /// The active policy revision ("" when none).

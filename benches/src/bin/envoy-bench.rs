@@ -44,11 +44,11 @@ fn main() -> anyhow::Result<()> {
     };
     let work = tempfile::tempdir()?;
     eprintln!("load through Envoy ({}):", if args.smoke { "smoke" } else { "full" });
-    let rows = envoy_bench::run(&plan, &bins, work.path())?;
+    let results = envoy_bench::run(&plan, &bins, work.path())?;
     let n = if args.smoke { 100 } else { 10_000 };
     if plan.only.is_some() {
         // A partial run is for looking at some configurations, not for the record.
-        println!("{}", qiria_benches::report::render(&rows, &[], &[], &plan, args.smoke));
+        println!("{}", qiria_benches::report::render(&results, &[], &[], &plan, args.smoke));
         return Ok(());
     }
     let decide = dir.join("decide");
@@ -64,7 +64,7 @@ fn main() -> anyhow::Result<()> {
     };
     let scaling: Vec<_> =
         Workload::ALL.iter().map(|w| (w.label(), scaling::one_and_two_cores(&dir.join("scaling"), *w, runs))).collect();
-    let report = qiria_benches::report::render(&rows, &instructions, &scaling, &plan, args.smoke);
+    let report = qiria_benches::report::render(&results, &instructions, &scaling, &plan, args.smoke);
     println!("{report}");
     if let Some(out) = args.out {
         std::fs::write(&out, &report)?;

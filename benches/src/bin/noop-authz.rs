@@ -23,8 +23,7 @@ impl Authorization for AlwaysOk {
 /// authz's own answer to an allowed request of the benchmark, or only its headers or only its
 /// metadata.
 fn like_authz(headers: bool, metadata: bool) -> CheckResponse {
-    let mut response =
-        authz::check::plain_allow("alice", "User", "6c0f3e0a-52f4-4c3e-9a0e-1b7b2f4d5e6f", "0123456789abcdef");
+    let mut response = authz::check::plain_allow("alice", "User", "6c0f3e0a-52f4-4c3e-9a0e-1b7b2f4d5e6f");
     if !headers {
         response.http_response = Some(HttpResponse::OkResponse(OkHttpResponse::default()));
     }
