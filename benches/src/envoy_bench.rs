@@ -147,7 +147,7 @@ pub struct LoadResults {
     pub pairs: Vec<(f64, f64)>,
 }
 
-/// Runs every configuration, then the alternating (e)/(c) pairs (full runs only).
+/// Runs every configuration, then the alternating (e)/(c) pairs (not in partial runs).
 pub fn run(plan: &Plan, bins: &Binaries, work: &Path) -> anyhow::Result<LoadResults> {
     let key = SigningKey::rsa("bench-rs256");
     let keys_dir = work.join("keys");
