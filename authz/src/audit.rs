@@ -33,6 +33,19 @@ pub enum AuditEvent<'a> {
         /// Why.
         error: &'a str,
     },
+    /// The issuer started signing new tokens with this key.
+    SigningKeyActivated {
+        /// Its key id.
+        kid: &'a str,
+        /// The key it replaced, if any.
+        previous: Option<&'a str>,
+    },
+    /// The signing directory could not be used, or names an active key the verification keys
+    /// do not accept yet; the previous signing key keeps signing.
+    SigningKeyRejected {
+        /// Why.
+        error: &'a str,
+    },
     /// A password login succeeded.
     LoginSucceeded {
         /// User id.
@@ -94,6 +107,12 @@ pub fn record(event: AuditEvent<'_>) {
             info!(target: "qiria::audit", event = "keyset_activated", fingerprint, kids = ?kids)
         }
         AuditEvent::KeySetRejected { error } => warn!(target: "qiria::audit", event = "keyset_rejected", error),
+        AuditEvent::SigningKeyActivated { kid, previous } => {
+            info!(target: "qiria::audit", event = "signing_key_activated", kid, previous)
+        }
+        AuditEvent::SigningKeyRejected { error } => {
+            warn!(target: "qiria::audit", event = "signing_key_rejected", error)
+        }
         AuditEvent::LoginSucceeded { user, client_ip } => {
             info!(target: "qiria::audit", event = "login_succeeded", user, client_ip)
         }

@@ -177,6 +177,21 @@ impl TokenVerifier {
         Ok(identity)
     }
 
+    /// Whether the current key set holds the public key that signed `token`: its signature
+    /// checks out under the key its `kid` names, claims unexamined (the issuer's publish check).
+    pub fn accepts_signature_of(&self, token: &str) -> bool {
+        let keys = self.keys.load();
+        let (Some(keys), Ok(header)) = (keys.as_ref().as_ref(), jsonwebtoken::decode_header(token)) else {
+            return false;
+        };
+        let Some(key) = header.kid.as_deref().and_then(|kid| keys.get(kid)) else { return false };
+        let mut validation = Validation::new(key.alg);
+        validation.required_spec_claims.clear();
+        validation.validate_exp = false;
+        validation.validate_aud = false;
+        key.alg == header.alg && jsonwebtoken::decode::<serde_json::Value>(token, &key.decoding, &validation).is_ok()
+    }
+
     /// Verifies without looking in or filling the cache (benchmarks, tools).
     pub fn verify_uncached(&self, token: &str) -> Result<Identity, IdentityError> {
         let keys = self.keys.load();

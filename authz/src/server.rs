@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwapOption;
@@ -55,6 +55,9 @@ pub struct Health {
     pub policy: ComponentStatus,
     /// The verification keys.
     pub keys: ComponentStatus,
+    /// The issuer's signing key (when the issuer is on): `active` is its kid.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signing: Option<ComponentStatus>,
 }
 
 impl Health {
@@ -72,6 +75,9 @@ pub struct Service {
     health: Mutex<Health>,
     reporter: tonic_health::server::HealthReporter,
     runtime: tokio::runtime::Handle,
+    /// Run after every verification key reload: the issuer re-checks a signing key it held
+    /// back until its public half was published.
+    after_key_reload: OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 impl Service {
@@ -161,6 +167,34 @@ impl Service {
             }
         }
         self.report(&health);
+        drop(health);
+        if let Some(hook) = self.after_key_reload.get() {
+            hook();
+        }
+    }
+
+    /// Records the outcome of a signing-key reload: the kid now signing, or why the previous
+    /// key keeps signing (logged and audited once per distinct reason).
+    fn record_signing(&self, outcome: Result<(String, usize), String>) {
+        let mut health = self.health();
+        let status = health.signing.get_or_insert_with(ComponentStatus::default);
+        match outcome {
+            Ok((kid, keys)) => {
+                if status.active.as_deref() != Some(kid.as_str()) {
+                    audit::record(AuditEvent::SigningKeyActivated { kid: &kid, previous: status.active.as_deref() });
+                    status.active = Some(kid);
+                    status.activated_at = Some(now_secs());
+                }
+                status.count = keys;
+                status.last_error = None;
+            }
+            Err(error) => {
+                if status.last_error.as_deref() != Some(error.as_str()) {
+                    audit::record(AuditEvent::SigningKeyRejected { error: &error });
+                    status.last_error = Some(error);
+                }
+            }
+        }
     }
 
     fn report(&self, health: &Health) {
@@ -199,6 +233,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         health: Mutex::new(Health::default()),
         reporter,
         runtime: tokio::runtime::Handle::current(),
+        after_key_reload: OnceLock::new(),
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -216,8 +251,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         Service::reload_policy,
     )?;
 
-    let issuer =
-        if config.issuer.enabled { Some(start_issuer(&config, stop_signal(stop_rx.clone())).await?) } else { None };
+    let issuer = if config.issuer.enabled {
+        Some(start_issuer(&config, &service, stop_signal(stop_rx.clone())).await?)
+    } else {
+        None
+    };
     let authorizer = Arc::new(Authorizer::new(verifier.clone(), policy, metrics.clone(), &config));
     let grpc_listener = TcpListener::bind(config.server.grpc_addr).await?;
     let admin_listener = TcpListener::bind(config.server.admin_addr).await?;
@@ -251,37 +289,49 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
 /// Opens the store, loads (and watches) the signing keys, and serves the token endpoints.
 async fn start_issuer(
     config: &Config,
+    service: &Arc<Service>,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let settings = &config.issuer;
     let master_keys = MasterKeys::load_dir(&settings.master_keys_dir, settings.active_master_kid.as_deref())?;
     let store = Store::open(&settings.database_url, Arc::new(master_keys)).await?;
     let keys = Arc::new(ArcSwapOption::empty());
-    let reload = {
+    let reload = Arc::new({
         let (keys, dir, active) = (keys.clone(), settings.signing_keys_dir.clone(), settings.active_kid.clone());
-        let last_error = Mutex::new(None::<String>);
-        move || match SigningKeys::load_dir(&dir, active.as_deref()) {
-            Ok(loaded) => {
-                keys.store(Some(Arc::new(loaded)));
-                *last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
-            }
-            Err(e) => {
-                let e = e.to_string();
-                let mut last = last_error.lock().unwrap_or_else(|p| p.into_inner());
-                if last.as_deref() != Some(e.as_str()) {
-                    error!(error = %e, "signing keys not loaded; the previous keys keep signing");
-                    *last = Some(e);
-                }
-            }
+        let published_in = config.jwt.keys_dir.display().to_string();
+        // Weak: the service keeps this closure as its key-reload hook.
+        let service = Arc::downgrade(service);
+        move || {
+            let Some(service) = service.upgrade() else { return };
+            // A key signs only once the verification keys accept its signatures: made active
+            // before it is published, it would issue tokens that every request then refuses.
+            let outcome =
+                SigningKeys::load_dir(&dir, active.as_deref()).map_err(|e| e.to_string()).and_then(|loaded| {
+                    let (kid, count) = (loaded.active_kid().to_string(), loaded.len());
+                    if !loaded.probe().is_some_and(|probe| service.verifier.accepts_signature_of(&probe)) {
+                        return Err(format!(
+                            "signing key {kid} is not published among the verification keys ({published_in}); \
+                         the previous key keeps signing until it is"
+                        ));
+                    }
+                    keys.store(Some(Arc::new(loaded)));
+                    Ok((kid, count))
+                });
+            service.record_signing(outcome);
         }
-    };
+    });
     reload();
-    anyhow::ensure!(keys.load().is_some(), "no usable signing key in {}", settings.signing_keys_dir.display());
+    if keys.load().is_none() {
+        let why = service.health().signing.as_ref().and_then(|s| s.last_error.clone()).unwrap_or_default();
+        anyhow::bail!("no usable signing key in {}: {why}", settings.signing_keys_dir.display());
+    }
+    let hook = reload.clone();
+    let _ = service.after_key_reload.set(Box::new(move || hook()));
     watch_dir(
         "signing",
         settings.signing_keys_dir.clone(),
         Duration::from_millis(config.jwt.poll_interval_ms.max(100)),
-        reload,
+        move || reload(),
     )?;
     let issuer = Issuer::new(
         store,

@@ -71,6 +71,30 @@ impl SigningKeys {
         self.keys.get(&self.active)
     }
 
+    /// How many keys the directory holds (all published in the JWKS).
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether the directory held no key (never true of a loaded set).
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The kid of the key that signs new tokens.
+    pub fn active_kid(&self) -> &str {
+        &self.active
+    }
+
+    /// A token without claims signed by the active key: whether the verification keys accept
+    /// it shows whether the key's public half was published before the key is made to sign.
+    pub fn probe(&self) -> Option<String> {
+        let key = self.active()?;
+        let mut header = jsonwebtoken::Header::new(key.alg);
+        header.kid = Some(key.kid.clone());
+        jsonwebtoken::encode(&header, &serde_json::json!({}), &key.encoding).ok()
+    }
+
     /// Every public key, as a JWKS document.
     pub fn jwks(&self) -> serde_json::Value {
         serde_json::json!({ "keys": self.keys.values().map(|k| k.jwk.clone()).collect::<Vec<_>>() })

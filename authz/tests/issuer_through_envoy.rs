@@ -368,3 +368,51 @@ async fn es256_signing_key() {
     let ec_jwk = jwks["keys"].as_array().unwrap().iter().find(|k| k["kid"] == "ec-1").cloned().unwrap();
     assert_eq!((ec_jwk["kty"].as_str(), ec_jwk["crv"].as_str()), (Some("EC"), Some("P-256")));
 }
+
+/// A key made active before its public half is published would issue tokens that every
+/// request refuses: the issuer keeps signing with the previous key, says why (health, audit),
+/// and switches by itself once the public half reaches the verification keys.
+#[tokio::test]
+async fn a_signing_key_active_before_it_is_published_waits_for_its_public_half() {
+    use std::time::Duration;
+
+    let stack = Stack::with_issuer(AUTHZ).await;
+    add_user(&stack, "hana", "User");
+    let login = || async {
+        let (status, body) =
+            token_request(&stack, &[("grant_type", "password"), ("username", "hana"), ("password", PASSWORD)]).await;
+        assert_eq!(status, 200, "{body}");
+        body["access_token"].as_str().unwrap().to_string()
+    };
+    let kid = |token: &str| jsonwebtoken::decode_header(token).unwrap().kid.unwrap_or_default();
+    assert_eq!(stack.authz.health().await["signing"]["active"], "test-rsa-1");
+
+    // Private half added and made active, public half not published: held back.
+    let early = qiria_test_support::tokens::SigningKey::ec("early-1");
+    let signing = stack.dir().join("signing");
+    std::fs::write(signing.join("early-1.pem"), &early.private_pem).unwrap();
+    std::fs::write(signing.join("active"), "early-1").unwrap();
+    let held_back = qiria_test_support::wait_until(Duration::from_secs(10), || async {
+        stack.authz.health().await["signing"]["last_error"].as_str().is_some_and(|e| e.contains("early-1"))
+    })
+    .await;
+    assert!(held_back, "not reported: {}", stack.authz.health().await);
+    let token = login().await;
+    assert_eq!(kid(&token), "test-rsa-1");
+    assert_eq!(stack.send(Http1, "GET", "/v1/jobs/1", Some(&token), &[]).await.status, 200);
+    assert!(stack.authz.output().contains("signing_key_rejected"));
+
+    // Published: the new key signs, with no other change.
+    early.write_public(&stack.keys_dir);
+    let switched = qiria_test_support::wait_until(Duration::from_secs(10), || async {
+        stack.authz.health().await["signing"]["active"] == "early-1"
+    })
+    .await;
+    assert!(switched, "never switched: {}", stack.authz.health().await);
+    let token = login().await;
+    assert_eq!(kid(&token), "early-1");
+    assert_eq!(stack.send(Http1, "GET", "/v1/jobs/1", Some(&token), &[]).await.status, 200);
+    assert!(stack.authz.health().await["signing"]["last_error"].is_null());
+    let activated = stack.authz.output().lines().any(|l| l.contains("signing_key_activated") && l.contains("early-1"));
+    assert!(activated, "no audit event for the switch");
+}
