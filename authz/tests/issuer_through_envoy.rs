@@ -40,6 +40,14 @@ async fn token_request(stack: &Stack, form: &[(&str, &str)]) -> (u16, serde_json
     (status, response.json().await.unwrap_or_default())
 }
 
+/// Logs `username` in with the test password; the access token.
+async fn access_token(stack: &Stack, username: &str) -> String {
+    let (status, body) =
+        token_request(stack, &[("grant_type", "password"), ("username", username), ("password", PASSWORD)]).await;
+    assert_eq!(status, 200, "{body}");
+    body["access_token"].as_str().unwrap().to_string()
+}
+
 #[tokio::test]
 async fn login_refresh_rotation_and_reuse_detection() {
     login_refresh_rotation_and_reuse(Stack::with_issuer(AUTHZ).await).await;
@@ -160,13 +168,7 @@ async fn signing_key_rotation_under_load() {
 
     let stack = Arc::new(Stack::with_issuer(AUTHZ).await);
     add_user(&stack, "carol", "User");
-    let login = || async {
-        let (status, body) =
-            token_request(&stack, &[("grant_type", "password"), ("username", "carol"), ("password", PASSWORD)]).await;
-        assert_eq!(status, 200, "{body}");
-        body["access_token"].as_str().unwrap().to_string()
-    };
-    let old_token = login().await;
+    let old_token = access_token(&stack, "carol").await;
 
     // Load: two workers calling an allowed route, logging in again every 40 requests.
     let stop = Arc::new(AtomicBool::new(false));
@@ -241,7 +243,7 @@ async fn signing_key_rotation_under_load() {
     })
     .await;
     assert!(gone, "old key still verifies after removal");
-    let fresh = login().await;
+    let fresh = access_token(&stack, "carol").await;
     assert_eq!(jsonwebtoken::decode_header(&fresh).unwrap().kid.as_deref(), Some("rotated-2"));
     assert_eq!(stack.send(Http1, "GET", "/v1/jobs/1", Some(&fresh), &[]).await.status, 200);
     let jwks: serde_json::Value =
@@ -378,12 +380,6 @@ async fn a_signing_key_active_before_it_is_published_waits_for_its_public_half()
 
     let stack = Stack::with_issuer(AUTHZ).await;
     add_user(&stack, "hana", "User");
-    let login = || async {
-        let (status, body) =
-            token_request(&stack, &[("grant_type", "password"), ("username", "hana"), ("password", PASSWORD)]).await;
-        assert_eq!(status, 200, "{body}");
-        body["access_token"].as_str().unwrap().to_string()
-    };
     let kid = |token: &str| jsonwebtoken::decode_header(token).unwrap().kid.unwrap_or_default();
     assert_eq!(stack.authz.health().await["signing"]["active"], "test-rsa-1");
 
@@ -397,7 +393,7 @@ async fn a_signing_key_active_before_it_is_published_waits_for_its_public_half()
     })
     .await;
     assert!(held_back, "not reported: {}", stack.authz.health().await);
-    let token = login().await;
+    let token = access_token(&stack, "hana").await;
     assert_eq!(kid(&token), "test-rsa-1");
     assert_eq!(stack.send(Http1, "GET", "/v1/jobs/1", Some(&token), &[]).await.status, 200);
     assert!(stack.authz.output().contains("signing_key_rejected"));
@@ -409,7 +405,7 @@ async fn a_signing_key_active_before_it_is_published_waits_for_its_public_half()
     })
     .await;
     assert!(switched, "never switched: {}", stack.authz.health().await);
-    let token = login().await;
+    let token = access_token(&stack, "hana").await;
     assert_eq!(kid(&token), "early-1");
     assert_eq!(stack.send(Http1, "GET", "/v1/jobs/1", Some(&token), &[]).await.status, 200);
     assert!(stack.authz.health().await["signing"]["last_error"].is_null());
