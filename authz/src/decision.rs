@@ -7,6 +7,7 @@
 use std::ops::Deref;
 use std::sync::{Arc, LazyLock, Mutex};
 
+use envoy_types::pb::google::protobuf::{value::Kind, ListValue, Struct, Value as PbValue};
 use regorus::Value;
 
 /// A policy's verdict and the changes it asks for.
@@ -28,8 +29,9 @@ pub struct Decision {
     pub body: Option<String>,
     /// Status of the denial response.
     pub http_status: Option<u16>,
-    /// Extra dynamic metadata for Envoy (access logs, later filters).
-    pub dynamic_metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Extra dynamic metadata for Envoy (access logs, later filters), converted once when the
+    /// decision is made, not on every request a cached decision answers.
+    pub dynamic_metadata: Option<Struct>,
 }
 
 /// The decision rule's value is not a decision.
@@ -99,7 +101,9 @@ impl Decision {
                     None => None,
                     Some(v @ Value::Object(_)) => {
                         let json = v.to_json_str().map_err(|_| malformed("dynamic_metadata", "must be JSON"))?;
-                        Some(serde_json::from_str(&json).map_err(|_| malformed("dynamic_metadata", "must be JSON"))?)
+                        let map: serde_json::Map<String, serde_json::Value> =
+                            serde_json::from_str(&json).map_err(|_| malformed("dynamic_metadata", "must be JSON"))?;
+                        Some(Struct { fields: map.iter().map(|(k, v)| (k.clone(), pb_value(v))).collect() })
                     }
                     Some(_) => return Err(malformed("dynamic_metadata", "must be an object")),
                 };
@@ -124,6 +128,22 @@ impl Decision {
             _ => Err(malformed("(decision)", "must be a boolean or an object")),
         }
     }
+}
+
+/// A JSON value in protobuf's `Value` form, as Envoy's dynamic metadata holds it.
+fn pb_value(value: &serde_json::Value) -> PbValue {
+    use serde_json::Value as J;
+    let kind = match value {
+        J::Null => Kind::NullValue(0),
+        J::Bool(b) => Kind::BoolValue(*b),
+        J::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        J::String(s) => Kind::StringValue(s.clone()),
+        J::Array(items) => Kind::ListValue(ListValue { values: items.iter().map(pb_value).collect() }),
+        J::Object(map) => {
+            Kind::StructValue(Struct { fields: map.iter().map(|(k, v)| (k.clone(), pb_value(v))).collect() })
+        }
+    };
+    PbValue { kind: Some(kind) }
 }
 
 /// A decision as caches hand it out. The plain allow and deny, by far the most common, are
