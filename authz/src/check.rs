@@ -140,7 +140,7 @@ impl Authorizer {
             .ok_or(Denial::NoPolicy)
             .and_then(|bundle| self.decide(bundle, request, http, &identity, &mut cached));
         let metadata = metadata(&decision_id, evaluated.as_ref().ok().and_then(|d| d.dynamic_metadata.as_ref()));
-        let sent = RequestHeaders(http.map(|h| &h.headers));
+        let sent = http.map(|h| &h.headers);
         let (mut response, status) = match (evaluated, &identity) {
             (Ok(decision), Ok(identity)) if decision.allowed => {
                 let identity = Some((&*identity.subject, &*identity.roles));
@@ -244,20 +244,11 @@ fn request_key(hasher: &TokenHasher, http: Option<&HttpRequest>) -> u128 {
     hasher.hash_parts(&[method, path])
 }
 
-/// The request headers authz was shown (Envoy sends them all, names in lower case).
-#[derive(Clone, Copy)]
-struct RequestHeaders<'a>(Option<&'a std::collections::HashMap<String, String>>);
-
-impl RequestHeaders<'_> {
-    fn has(&self, name: &str) -> bool {
-        self.0.is_some_and(|headers| headers.contains_key(name))
-    }
-}
-
 fn allow(
     decision: &Decision,
     identity: Option<(&str, &str)>,
-    sent: RequestHeaders,
+    // The request headers authz was shown (Envoy sends them all, names in lower case).
+    sent: Option<&std::collections::HashMap<String, String>>,
     forward_token: bool,
     decision_id: &str,
 ) -> (CheckResponse, u16) {
@@ -283,7 +274,7 @@ fn allow(
     }
     // Only a copy the client really sent: removing a header the request does not carry still
     // costs Envoy ~1,600 instructions, and this one is not trusted by anything upstream.
-    if sent.has(DECISION_ID_HEADER) {
+    if sent.is_some_and(|headers| headers.contains_key(DECISION_ID_HEADER)) {
         to_remove.push(DECISION_ID_HEADER.to_string());
     }
     if !forward_token {
@@ -314,7 +305,7 @@ fn allow(
 /// of applying authz's answer is measured on the answer itself, not on a copy of its shape.
 pub fn plain_allow(subject: &str, roles: &str, decision_id: &str) -> CheckResponse {
     let decision = Decision { allowed: true, ..Decision::default() };
-    let (mut response, _) = allow(&decision, Some((subject, roles)), RequestHeaders(None), false, decision_id);
+    let (mut response, _) = allow(&decision, Some((subject, roles)), None, false, decision_id);
     response.dynamic_metadata = Some(metadata(decision_id, None));
     response
 }

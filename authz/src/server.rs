@@ -301,13 +301,18 @@ async fn start_issuer(
         let published_in = config.jwt.keys_dir.display().to_string();
         // Weak: the service keeps this closure as its key-reload hook.
         let service = Arc::downgrade(service);
+        // The signing watcher and the key-reload hook run on different threads: one reload at
+        // a time, so an outcome computed before a key was published cannot be recorded after
+        // the one computed once it was.
+        let one_at_a_time = Mutex::new(());
         move || {
             let Some(service) = service.upgrade() else { return };
+            let _turn = one_at_a_time.lock().unwrap_or_else(|p| p.into_inner());
             // A key signs only once the verification keys accept its signatures: made active
             // before it is published, it would issue tokens that every request then refuses.
             let outcome =
                 SigningKeys::load_dir(&dir, active.as_deref()).map_err(|e| e.to_string()).and_then(|loaded| {
-                    let (kid, count) = (loaded.active_kid().to_string(), loaded.len());
+                    let (kid, count) = (loaded.active_kid().to_string(), loaded.count());
                     if !loaded.probe().is_some_and(|probe| service.verifier.accepts_signature_of(&probe)) {
                         return Err(format!(
                             "signing key {kid} is not published among the verification keys ({published_in}); \

@@ -72,13 +72,8 @@ impl SigningKeys {
     }
 
     /// How many keys the directory holds (all published in the JWKS).
-    pub fn len(&self) -> usize {
+    pub fn count(&self) -> usize {
         self.keys.len()
-    }
-
-    /// Whether the directory held no key (never true of a loaded set).
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
     }
 
     /// The kid of the key that signs new tokens.
