@@ -2,10 +2,10 @@
 //! `CheckResponse`. Every error on this path becomes a denial; [`Denial`] is the one place
 //! where reasons are mapped to HTTP and gRPC statuses.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use arc_swap::ArcSwapOption;
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption, QueryParameter};
 use envoy_types::pb::envoy::r#type::v3::HttpStatus;
@@ -18,11 +18,14 @@ use envoy_types::pb::google::rpc;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
+use qiria_identity::{IdentityError, TokenVerifier};
+use qiria_policy::input::InputError;
+use qiria_policy::{LivePolicy, PolicyBundle, PolicyError};
+
 use crate::decision::{Decision, DecisionError, SharedDecision};
-use crate::input::{self, InputError};
-use crate::jwt::{now_secs, Identity, IdentityError, TokenHasher, TokenVerifier};
+use crate::decision_cache::{DecisionCache, DecisionMemo, VerifiedToken};
+use crate::envoy_input;
 use crate::metrics::{DecisionLabels, Metrics, StripedCounter};
-use crate::policy::{PolicyBundle, PolicyError};
 
 /// Header carrying the verified subject to the upstream.
 pub const SUBJECT_HEADER: &str = "x-qiria-subject";
@@ -40,6 +43,11 @@ const MAX_LOGGED_PATH: usize = 2048;
 const MAX_LOGGED_REQUEST_ID: usize = 128;
 /// Namespace-free key of the decision id in the response's dynamic metadata.
 pub const DECISION_ID_KEY: &str = "decision_id";
+/// Every header of this prefix is Qiria's to set: a client's copy never reaches the upstream.
+const RESERVED_PREFIX: &str = "x-qiria-";
+/// The context extension (set per route in Envoy) under which authz forwards the bearer token
+/// to an upstream that verifies it again itself (`"true"`).
+pub const FORWARD_TOKEN_EXTENSION: &str = "qiria.forward_token";
 
 /// Why a request is denied; each reason has exactly one status.
 #[derive(Debug, thiserror::Error)]
@@ -82,13 +90,28 @@ impl Denial {
 
 /// Everything a decision needs; shared by all connections.
 pub struct Authorizer {
-    verifier: Arc<TokenVerifier>,
-    policy: Arc<ArcSwapOption<PolicyBundle>>,
+    verifier: Arc<TokenVerifier<DecisionMemo>>,
+    policy: Arc<LivePolicy>,
     metrics: Arc<Metrics>,
     log_decisions: bool,
     forward_token: bool,
-    hasher: TokenHasher,
+    cache: Option<DecisionCache>,
     counters: DecisionCounters,
+}
+
+/// How an [`Authorizer`] answers, besides what the policy says.
+#[derive(Debug, Clone)]
+pub struct AnswerSettings {
+    /// One decision log line per request.
+    pub log_decisions: bool,
+    /// Forward the bearer token upstream on every allowed request (else only on routes that
+    /// set the [`FORWARD_TOKEN_EXTENSION`]).
+    pub forward_token: bool,
+    /// Decisions kept for requests without a verified token, when a bundle declares its
+    /// decisions reusable; 0 never reuses a decision.
+    pub decision_cache_capacity: u64,
+    /// How long a decision may be reused.
+    pub decision_cache_ttl: std::time::Duration,
 }
 
 /// Handles on the most frequent decision counters, resolved once instead of per request.
@@ -101,10 +124,10 @@ struct DecisionCounters {
 impl Authorizer {
     /// Wires the verifier, the live policy slot and the metrics.
     pub fn new(
-        verifier: Arc<TokenVerifier>,
-        policy: Arc<ArcSwapOption<PolicyBundle>>,
+        verifier: Arc<TokenVerifier<DecisionMemo>>,
+        policy: Arc<LivePolicy>,
         metrics: Arc<Metrics>,
-        config: &crate::config::Config,
+        settings: &AnswerSettings,
     ) -> Self {
         let counter = |outcome, status| metrics.decisions.get_or_create(&DecisionLabels { outcome, status }).clone();
         let counters = DecisionCounters {
@@ -117,9 +140,9 @@ impl Authorizer {
             policy,
             counters,
             metrics,
-            log_decisions: config.log.decisions,
-            forward_token: config.jwt.forward_token,
-            hasher: TokenHasher::random(),
+            log_decisions: settings.log_decisions,
+            forward_token: settings.forward_token,
+            cache: DecisionCache::new(settings.decision_cache_capacity, settings.decision_cache_ttl),
         }
     }
 
@@ -128,7 +151,7 @@ impl Authorizer {
         let started = Instant::now();
         let decision_id = uuid::Uuid::new_v4().to_string();
         // A guard, not a clone of the Arc: no reference-count traffic per request.
-        let bundle = self.policy.load();
+        let bundle = self.policy.current();
         let revision = bundle.as_ref().map(|b| b.revision()).unwrap_or_default();
         let http = request.attributes.as_ref().and_then(|a| a.request.as_ref()).and_then(|r| r.http.as_ref());
         let authorization = http.and_then(|h| h.headers.get("authorization")).map(String::as_str);
@@ -141,15 +164,14 @@ impl Authorizer {
             .and_then(|bundle| self.decide(bundle, request, http, &identity, &mut cached));
         let metadata = metadata(&decision_id, evaluated.as_ref().ok().and_then(|d| d.dynamic_metadata.as_ref()));
         let sent = http.map(|h| &h.headers);
+        let forward_token = self.forward_token || forwards_token(request);
         let (mut response, status) = match (evaluated, &identity) {
             (Ok(decision), Ok(identity)) if decision.allowed => {
                 let identity = Some((&*identity.subject, &*identity.roles));
-                allow(&decision, identity, sent, self.forward_token, &decision_id)
+                allow(&decision, identity, sent, forward_token, &decision_id)
             }
-            (Ok(decision), Err(_)) if decision.allowed => {
-                allow(&decision, None, sent, self.forward_token, &decision_id)
-            }
-            (Ok(decision), Err(reason)) => deny(&Denial::Unauthenticated(reason.clone()), &decision, &decision_id),
+            (Ok(decision), Err(_)) if decision.allowed => allow(&decision, None, sent, forward_token, &decision_id),
+            (Ok(decision), Err(reason)) => deny(&Denial::Unauthenticated(*reason), &decision, &decision_id),
             (Ok(decision), Ok(_)) => deny(&Denial::Forbidden, &decision, &decision_id),
             (Err(denial), _) => {
                 if matches!(denial, Denial::Policy(_) | Denial::Decision(_)) {
@@ -202,58 +224,46 @@ impl Authorizer {
         bundle: &PolicyBundle,
         request: &CheckRequest,
         http: Option<&HttpRequest>,
-        identity: &Result<Arc<Identity>, IdentityError>,
+        identity: &VerifiedToken,
         cached: &mut bool,
     ) -> Result<SharedDecision, Denial> {
-        let caching = bundle.decision_caching();
-        let key = caching.map(|_| request_key(&self.hasher, http));
-        // A verified token carries its own decisions, filed under 64 bits of the keyed hash:
-        // a wrong hit needs two of one token's requests to collide in a PRF whose key nobody
-        // outside knows. Requests without a token share a cache keyed by why they have none.
-        let anonymous_key =
-            |error: &IdentityError, key: u128| self.hasher.hash_parts(&[error.code().as_bytes(), &key.to_le_bytes()]);
-        if let (Some(caching), Some(key)) = (caching, key) {
-            let hit = match identity {
-                Ok(identity) => identity.decisions.recall(key as u64, bundle.id(), now_secs()),
-                Err(error) => caching.anonymous.get(&anonymous_key(error, key)),
-            };
-            if let Some(decision) = hit {
+        let cache = self.cache.as_ref().filter(|_| bundle.caches_decisions());
+        let key = cache.map(|c| c.request_key(http));
+        if let (Some(cache), Some(key)) = (cache, key) {
+            if let Some(decision) = cache.recall(bundle, identity, key) {
                 *cached = true;
                 return Ok(decision);
             }
         }
-        let input = input::build(request, identity.as_deref())?;
+        let input = envoy_input::build(request, identity.as_ref().map(|_| ()))?;
         let decision = SharedDecision::new(Decision::from_value(&bundle.evaluate(input)?)?);
-        if let (Some(caching), Some(key)) = (caching, key) {
-            match identity {
-                Ok(identity) => {
-                    let until = now_secs() + caching.ttl.as_secs();
-                    identity.decisions.remember(key as u64, bundle.id(), until, decision.clone());
-                }
-                Err(error) => caching.anonymous.insert(anonymous_key(error, key), decision.clone()),
-            }
+        if let (Some(cache), Some(key)) = (cache, key) {
+            cache.remember(bundle, identity, key, &decision);
         }
         Ok(decision)
     }
 }
 
-/// What a cacheable policy's decision depends on besides the identity: the method and the
-/// path with its query.
-fn request_key(hasher: &TokenHasher, http: Option<&HttpRequest>) -> u128 {
-    let (method, path) = http.map(|h| (h.method.as_bytes(), h.path.as_bytes())).unwrap_or_default();
-    hasher.hash_parts(&[method, path])
+/// Whether the route asks authz to forward the bearer token (its upstream verifies it again).
+fn forwards_token(request: &CheckRequest) -> bool {
+    request
+        .attributes
+        .as_ref()
+        .and_then(|a| a.context_extensions.get(FORWARD_TOKEN_EXTENSION))
+        .is_some_and(|v| v == "true")
 }
 
 fn allow(
     decision: &Decision,
     identity: Option<(&str, &str)>,
     // The request headers authz was shown (Envoy sends them all, names in lower case).
-    sent: Option<&std::collections::HashMap<String, String>>,
+    sent: Option<&HashMap<String, String>>,
     forward_token: bool,
     decision_id: &str,
 ) -> (CheckResponse, u16) {
-    let reserved =
-        |name: &str| [SUBJECT_HEADER, ROLES_HEADER, DECISION_ID_HEADER].iter().any(|r| name.eq_ignore_ascii_case(r));
+    let reserved = |name: &str| {
+        name.len() >= RESERVED_PREFIX.len() && name[..RESERVED_PREFIX.len()].eq_ignore_ascii_case(RESERVED_PREFIX)
+    };
     let mut headers: Vec<HeaderValueOption> =
         decision.headers.iter().filter(|(k, _)| !reserved(k)).map(|(k, v)| header(k, v)).collect();
     let mut to_remove: Vec<String> =
@@ -272,10 +282,12 @@ fn allow(
         // Removed whether authz saw them or not: the identity headers are what upstreams trust.
         None => to_remove.extend([SUBJECT_HEADER.to_string(), ROLES_HEADER.to_string()]),
     }
-    // Only a copy the client really sent: removing a header the request does not carry still
-    // costs Envoy ~1,600 instructions, and this one is not trusted by anything upstream.
-    if sent.is_some_and(|headers| headers.contains_key(DECISION_ID_HEADER)) {
-        to_remove.push(DECISION_ID_HEADER.to_string());
+    // Every other `x-qiria-*` header is removed, but only when the client really sent one:
+    // removing a header the request does not carry still costs Envoy ~1,600 instructions.
+    // (Envoy sends header names in lower case.)
+    if let Some(sent) = sent {
+        let ours = |name: &str| name == SUBJECT_HEADER || name == ROLES_HEADER;
+        to_remove.extend(sent.keys().filter(|name| name.starts_with(RESERVED_PREFIX) && !ours(name)).cloned());
     }
     if !forward_token {
         to_remove.push("authorization".to_string());

@@ -1,32 +1,20 @@
-//! Qiria's policy enforcement point.
+//! Qiria's policy enforcement point: the Envoy ext_authz v3 decision service, and only that.
 //!
 //! A request flows one way through these modules:
-//! `check` receives Envoy's `CheckRequest` → `jwt` verifies the bearer token against the
-//! `keys` → `input` builds the OPA-Envoy-compatible input document → `policy` evaluates the
-//! Rego bundle → `decision` reads the result → `check` answers Envoy.
-//! `server` wires them together; `config` says how; `watch` keeps keys and policies fresh;
-//! `metrics` and `audit` report what happened.
+//! `check` receives Envoy's `CheckRequest` → the bearer token is verified (`qiria_identity`)
+//! → `envoy_input` builds the OPA-Envoy input document (`qiria_policy::input`) → the Rego
+//! bundle decides (`qiria_policy`) → `decision` reads the result, `decision_cache` may keep it
+//! → `check` answers Envoy. `server` wires them together; `config` says how; `metrics` reports
+//! what happened; `cli` is the command line.
 //!
-//! The issuing side: `token_api` serves OAuth endpoints over `issuer`, which signs with
-//! `signing` keys and keeps users and refresh tokens in the `store`.
+//! It holds public keys, policies and its own TLS keys: no database, no signing or sealing
+//! key, no password hashing (those are the issuer's, in its own process).
 
-pub mod audit;
 pub mod check;
 pub mod cli;
 pub mod config;
 pub mod decision;
-pub mod input;
-pub mod issuer;
-pub mod jwt;
-pub mod keys;
+pub mod decision_cache;
+pub mod envoy_input;
 pub mod metrics;
-pub mod policy;
-pub mod sealing;
-pub mod secret_dir;
 pub mod server;
-pub mod signing;
-pub mod store;
-pub mod thread_slot;
-pub mod throttle;
-pub mod token_api;
-pub mod watch;

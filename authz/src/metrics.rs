@@ -13,7 +13,8 @@ use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
-use crate::thread_slot::thread_slot;
+use qiria_policy::EvalCounters;
+use qiria_runtime::thread_slot::thread_slot;
 
 /// Labels of a decision counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -46,6 +47,8 @@ pub struct Metrics {
     pub keys_loaded: Gauge,
     /// Verified tokens in the cache.
     pub cached_tokens: Gauge,
+    /// Evaluation outcomes the policy library counts (limits, stalls, panics).
+    pub evaluation: Arc<EvalCounters>,
 }
 
 impl Default for Metrics {
@@ -63,7 +66,38 @@ impl Default for Metrics {
         registry.register("key_reloads", "Verification key directory reloads", key_reloads.clone());
         registry.register("keys_loaded", "Keys in the live verification key set", keys_loaded.clone());
         registry.register("cached_tokens", "Verified tokens in the cache", cached_tokens.clone());
-        Self { registry, decisions, decision_seconds, policy_reloads, key_reloads, keys_loaded, cached_tokens }
+        let evaluation = Arc::new(EvalCounters::default());
+        let view = |read: fn(&EvalCounters) -> u64| CounterView { counters: evaluation.clone(), read };
+        registry.register(
+            "policy_cpu_limit",
+            "Evaluations stopped for using their whole CPU budget (denied)",
+            view(|c| c.cpu_limit.load(Relaxed)),
+        );
+        registry.register(
+            "policy_deadline",
+            "Evaluations stopped at the wall-clock deadline (denied)",
+            view(|c| c.deadline.load(Relaxed)),
+        );
+        registry.register(
+            "policy_stall_retries",
+            "Evaluations run again because the thread was stalled past the wall-clock limit",
+            view(|c| c.stall_retries.load(Relaxed)),
+        );
+        registry.register(
+            "policy_panics",
+            "Evaluations that panicked (denied; the engine was replaced)",
+            view(|c| c.panics.load(Relaxed)),
+        );
+        Self {
+            registry,
+            decisions,
+            decision_seconds,
+            policy_reloads,
+            key_reloads,
+            keys_loaded,
+            cached_tokens,
+            evaluation,
+        }
     }
 }
 
@@ -77,9 +111,30 @@ impl Metrics {
     }
 }
 
-/// The label value for a reload result.
-pub fn reload_result(ok: bool) -> ReloadLabels {
-    ReloadLabels { result: if ok { "ok" } else { "rejected" } }
+/// The label value for a reload result: `ok`, `partial` (some files skipped) or `rejected`.
+pub fn reload_result(result: &'static str) -> ReloadLabels {
+    ReloadLabels { result }
+}
+
+/// A counter kept elsewhere (by the policy library), read when scraped.
+#[derive(Debug)]
+struct CounterView {
+    counters: Arc<EvalCounters>,
+    read: fn(&EvalCounters) -> u64,
+}
+
+impl TypedMetric for CounterView {
+    const TYPE: MetricType = MetricType::Counter;
+}
+
+impl EncodeMetric for CounterView {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_counter::<NoLabelSet, _, u64>(&(self.read)(&self.counters), None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
 }
 
 /// Stripes per metric: enough that the threads of a node rarely share one.

@@ -1,52 +1,29 @@
-//! Wires the service: loads keys and policies, keeps them fresh, and serves ext_authz and
-//! gRPC health on one port, `/metrics` and `/health` on the admin port.
+//! Wires the decision service: loads keys and policies, keeps them fresh, and serves ext_authz
+//! and gRPC health on one port, `/metrics` and `/health` on the admin port.
 
-use std::future::Future;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
+use qiria_identity::{KeySet, TokenVerifier};
+use qiria_policy::{LivePolicy, Reload};
+use qiria_runtime::audit::{self, AuditEvent};
+use qiria_runtime::health::ComponentStatus;
+use qiria_runtime::shutdown::Shutdown;
+use qiria_runtime::watch::watch_dir;
 use serde::Serialize;
-use tokio::net::TcpListener;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tracing::{error, info};
 
-use crate::audit::{self, AuditEvent};
 use crate::check::{Authorizer, CheckService};
 use crate::config::Config;
-use crate::issuer::{Issuer, IssuerSettings};
-use crate::jwt::TokenVerifier;
-use crate::keys::KeySet;
+use crate::decision_cache::DecisionMemo;
 use crate::metrics::{reload_result, Metrics};
-use crate::policy::{self, PolicyBundle};
-use crate::sealing::MasterKeys;
-use crate::signing::SigningKeys;
-use crate::store::Store;
-use crate::throttle::ThrottleSettings;
-use crate::token_api;
-use crate::watch::watch_dir;
 
 /// The gRPC service name Envoy's health checks ask about.
 const AUTHZ_SERVICE: &str = "envoy.service.auth.v3.Authorization";
-
-/// What `/health` reports about one reloadable component.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct ComponentStatus {
-    /// Revision (policy) or fingerprint (keys) of what serves now.
-    pub active: Option<String>,
-    /// When it was activated (seconds since the epoch).
-    pub activated_at: Option<u64>,
-    /// Number of files (policy) or keys.
-    pub count: usize,
-    /// The last refused reload, if it is still the latest news.
-    pub last_error: Option<String>,
-    /// Fingerprint of the directory content last looked at, to skip unchanged polls.
-    #[serde(skip)]
-    seen: Option<String>,
-}
 
 /// Health detail of the whole service.
 #[derive(Debug, Default, Serialize)]
@@ -55,9 +32,6 @@ pub struct Health {
     pub policy: ComponentStatus,
     /// The verification keys.
     pub keys: ComponentStatus,
-    /// The issuer's signing key (when the issuer is on): `active` is its kid.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub signing: Option<ComponentStatus>,
 }
 
 impl Health {
@@ -69,15 +43,12 @@ impl Health {
 /// Shared state of a running service.
 pub struct Service {
     config: Config,
-    verifier: Arc<TokenVerifier>,
-    policy: Arc<ArcSwapOption<PolicyBundle>>,
+    verifier: Arc<TokenVerifier<DecisionMemo>>,
+    policy: Arc<LivePolicy>,
     metrics: Arc<Metrics>,
     health: Mutex<Health>,
     reporter: tonic_health::server::HealthReporter,
     runtime: tokio::runtime::Handle,
-    /// Run after every verification key reload: the issuer re-checks a signing key it held
-    /// back until its public half was published.
-    after_key_reload: OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 impl Service {
@@ -88,57 +59,42 @@ impl Service {
 
     /// Re-reads the policy directory; a bad bundle is refused and the old one keeps serving.
     pub fn reload_policy(&self) {
-        let dir = &self.config.policy.dir;
-        let fingerprint = policy::dir_fingerprint(dir).map_err(|e| e.to_string());
-        if let Ok(fp) = &fingerprint {
-            if self.health().policy.seen.as_deref() == Some(fp.as_str()) {
-                return;
-            }
-        }
-        // Remember the content looked at before loading: were it read again afterwards, an
-        // edit landing in between would be marked seen without ever being loaded.
-        let seen = fingerprint.as_ref().ok().cloned();
-        let result = fingerprint
-            .and_then(|_| PolicyBundle::load_dir(dir, &self.config.bundle_options()).map_err(|e| e.to_string()));
+        let outcome = self.policy.reload();
         let mut health = self.health();
-        health.policy.seen = seen;
-        match result {
-            Ok(bundle) => {
-                let previous = health.policy.active.clone();
+        match outcome {
+            Reload::Unchanged => return,
+            Reload::Activated { revision, previous, files } => {
                 audit::record(AuditEvent::PolicyActivated {
-                    revision: bundle.revision(),
+                    revision: &revision,
                     previous: previous.as_deref(),
-                    files: bundle.files(),
+                    files,
                 });
-                health.policy = ComponentStatus {
-                    active: Some(bundle.revision().to_string()),
-                    activated_at: Some(now_secs()),
-                    count: bundle.files(),
-                    last_error: None,
-                    seen: health.policy.seen.take(),
-                };
-                self.policy.store(Some(Arc::new(bundle)));
-                self.metrics.policy_reloads.get_or_create(&reload_result(true)).inc();
+                health.policy = ComponentStatus::activated(revision, files);
+                self.metrics.policy_reloads.get_or_create(&reload_result("ok")).inc();
             }
-            Err(error) => {
+            Reload::Rejected { error } => {
                 audit::record(AuditEvent::PolicyRejected { error: &error });
                 health.policy.last_error = Some(error);
-                self.metrics.policy_reloads.get_or_create(&reload_result(false)).inc();
+                self.metrics.policy_reloads.get_or_create(&reload_result("rejected")).inc();
             }
         }
         self.report(&health);
     }
 
-    /// Re-reads the key directory; an unreadable file leaves the previous key set serving.
+    /// Re-reads the key directory. Files that cannot be used are reported and skipped; only an
+    /// unreadable directory leaves the previous key set serving.
     pub fn reload_keys(&self) {
         let dir = &self.config.jwt.keys_dir;
         let result = KeySet::load_dir(dir);
         let mut health = self.health();
         match result {
             Ok(keys) => {
+                let skipped = (!keys.skipped().is_empty())
+                    .then(|| keys.skipped().iter().map(ToString::to_string).collect::<Vec<_>>().join("; "));
                 if health.keys.active.as_deref() == Some(keys.fingerprint()) {
-                    if health.keys.last_error.take().is_some() {
+                    if health.keys.last_error.is_some() && skipped.is_none() {
                         info!(dir = %dir.display(), "key directory readable again; key set unchanged");
+                        health.keys.last_error = None;
                     }
                     return;
                 }
@@ -146,55 +102,28 @@ impl Service {
                     fingerprint: keys.fingerprint(),
                     kids: keys.kids().collect(),
                 });
+                if let Some(skipped) = &skipped {
+                    audit::record(AuditEvent::KeySetRejected { error: skipped });
+                }
+                let result = if skipped.is_some() { "partial" } else { "ok" };
                 health.keys = ComponentStatus {
-                    active: Some(keys.fingerprint().to_string()),
-                    activated_at: Some(now_secs()),
-                    count: keys.len(),
-                    last_error: None,
-                    seen: None,
+                    last_error: skipped,
+                    ..ComponentStatus::activated(keys.fingerprint(), keys.len())
                 };
                 self.metrics.keys_loaded.set(keys.len() as i64);
                 self.verifier.set_keys(keys);
-                self.metrics.key_reloads.get_or_create(&reload_result(true)).inc();
+                self.metrics.key_reloads.get_or_create(&reload_result(result)).inc();
             }
             Err(error) => {
                 let error = error.to_string();
                 if health.keys.last_error.as_deref() != Some(error.as_str()) {
                     audit::record(AuditEvent::KeySetRejected { error: &error });
-                    self.metrics.key_reloads.get_or_create(&reload_result(false)).inc();
+                    self.metrics.key_reloads.get_or_create(&reload_result("rejected")).inc();
                     health.keys.last_error = Some(error);
                 }
             }
         }
         self.report(&health);
-        drop(health);
-        if let Some(hook) = self.after_key_reload.get() {
-            hook();
-        }
-    }
-
-    /// Records the outcome of a signing-key reload: the kid now signing, or why the previous
-    /// key keeps signing (logged and audited once per distinct reason).
-    fn record_signing(&self, outcome: Result<(String, usize), String>) {
-        let mut health = self.health();
-        let status = health.signing.get_or_insert_with(ComponentStatus::default);
-        match outcome {
-            Ok((kid, keys)) => {
-                if status.active.as_deref() != Some(kid.as_str()) {
-                    audit::record(AuditEvent::SigningKeyActivated { kid: &kid, previous: status.active.as_deref() });
-                    status.active = Some(kid);
-                    status.activated_at = Some(now_secs());
-                }
-                status.count = keys;
-                status.last_error = None;
-            }
-            Err(error) => {
-                if status.last_error.as_deref() != Some(error.as_str()) {
-                    audit::record(AuditEvent::SigningKeyRejected { error: &error });
-                    status.last_error = Some(error);
-                }
-            }
-        }
     }
 
     fn report(&self, health: &Health) {
@@ -213,15 +142,24 @@ impl Service {
     }
 }
 
-fn now_secs() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+impl qiria_runtime::admin::AdminState for Service {
+    fn metrics(&self) -> String {
+        self.metrics.cached_tokens.set(self.verifier.cached_tokens() as i64);
+        self.metrics.encode()
+    }
+
+    fn health(&self) -> (bool, serde_json::Value) {
+        let health = Service::health(self);
+        (health.serving(), serde_json::to_value(&*health).unwrap_or_default())
+    }
 }
 
-/// Runs the service until `shutdown` resolves.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+/// Runs the service until `shutdown`.
+pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
-    let verifier = Arc::new(TokenVerifier::new(&config.jwt));
-    let policy = Arc::new(ArcSwapOption::empty());
+    let verifier = Arc::new(TokenVerifier::new(&config.jwt.verifier()));
+    let policy =
+        Arc::new(LivePolicy::new(config.policy.dir.clone(), config.bundle_options(metrics.evaluation.clone())));
     let (reporter, health_service) = tonic_health::server::health_reporter();
     reporter.set_service_status("", ServingStatus::NotServing).await;
     reporter.set_service_status(AUTHZ_SERVICE, ServingStatus::NotServing).await;
@@ -233,12 +171,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         health: Mutex::new(Health::default()),
         reporter,
         runtime: tokio::runtime::Handle::current(),
-        after_key_reload: OnceLock::new(),
-    });
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
     });
     service.reload_keys();
     service.reload_policy();
@@ -251,17 +183,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         Service::reload_policy,
     )?;
 
-    let issuer = if config.issuer.enabled {
-        Some(start_issuer(&config, &service, stop_signal(stop_rx.clone())).await?)
-    } else {
-        None
-    };
-    let authorizer = Arc::new(Authorizer::new(verifier.clone(), policy, metrics.clone(), &config));
-    let grpc_listener = TcpListener::bind(config.server.grpc_addr).await?;
-    let admin_listener = TcpListener::bind(config.server.admin_addr).await?;
+    let authorizer = Arc::new(Authorizer::new(verifier, policy, metrics, &config.answer_settings()));
+    let grpc_listener = qiria_runtime::net::bind(config.server.grpc_addr, "server.grpc_addr").await?;
+    let admin_listener = qiria_runtime::net::bind(config.server.admin_addr, "server.admin_addr").await?;
     info!(grpc = %grpc_listener.local_addr()?, admin = %admin_listener.local_addr()?, "authz listening");
 
-    let admin = tokio::spawn(admin_server(admin_listener, service.clone(), stop_signal(stop_rx.clone())));
+    let admin = tokio::spawn(qiria_runtime::admin::serve(admin_listener, service.clone(), shutdown.clone()));
 
     let mut builder = Server::builder().tcp_nodelay(true).http2_keepalive_interval(Some(Duration::from_secs(30)));
     if let (Some(cert), Some(key)) = (&config.server.tls_cert, &config.server.tls_key) {
@@ -274,95 +201,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let grpc = builder
         .add_service(health_service)
         .add_service(AuthorizationServer::new(CheckService(authorizer)))
-        .serve_with_incoming_shutdown(incoming(grpc_listener), stop_signal(stop_rx));
+        .serve_with_incoming_shutdown(qiria_runtime::net::incoming(grpc_listener), shutdown.wait());
     let result = grpc.await;
     if let Err(e) = &result {
         error!(error = %e, "gRPC server failed");
     }
     let _ = admin.await;
-    if let Some(issuer) = issuer {
-        let _ = issuer.await;
-    }
     Ok(result?)
-}
-
-/// Opens the store, loads (and watches) the signing keys, and serves the token endpoints.
-async fn start_issuer(
-    config: &Config,
-    service: &Arc<Service>,
-    stop: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let settings = &config.issuer;
-    let master_keys = MasterKeys::load_dir(&settings.master_keys_dir, settings.active_master_kid.as_deref())?;
-    let store = Store::open(&settings.database_url, Arc::new(master_keys)).await?;
-    let keys = Arc::new(ArcSwapOption::empty());
-    let reload = Arc::new({
-        let (keys, dir, active) = (keys.clone(), settings.signing_keys_dir.clone(), settings.active_kid.clone());
-        let published_in = config.jwt.keys_dir.display().to_string();
-        // Weak: the service keeps this closure as its key-reload hook.
-        let service = Arc::downgrade(service);
-        // The signing watcher and the key-reload hook run on different threads: one reload at
-        // a time, so an outcome computed before a key was published cannot be recorded after
-        // the one computed once it was.
-        let one_at_a_time = Mutex::new(());
-        move || {
-            let Some(service) = service.upgrade() else { return };
-            let _turn = one_at_a_time.lock().unwrap_or_else(|p| p.into_inner());
-            // A key signs only once the verification keys accept its signatures: made active
-            // before it is published, it would issue tokens that every request then refuses.
-            let outcome =
-                SigningKeys::load_dir(&dir, active.as_deref()).map_err(|e| e.to_string()).and_then(|loaded| {
-                    let (kid, count) = (loaded.active_kid().to_string(), loaded.count());
-                    if !loaded.probe().is_some_and(|probe| service.verifier.accepts_signature_of(&probe)) {
-                        return Err(format!(
-                            "signing key {kid} is not published among the verification keys ({published_in}); \
-                         the previous key keeps signing until it is"
-                        ));
-                    }
-                    keys.store(Some(Arc::new(loaded)));
-                    Ok((kid, count))
-                });
-            service.record_signing(outcome);
-        }
-    });
-    reload();
-    if keys.load().is_none() {
-        let why = service.health().signing.as_ref().and_then(|s| s.last_error.clone()).unwrap_or_default();
-        anyhow::bail!("no usable signing key in {}: {why}", settings.signing_keys_dir.display());
-    }
-    let hook = reload.clone();
-    let _ = service.after_key_reload.set(Box::new(move || hook()));
-    watch_dir(
-        "signing",
-        settings.signing_keys_dir.clone(),
-        Duration::from_millis(config.jwt.poll_interval_ms.max(100)),
-        move || reload(),
-    )?;
-    let issuer = Issuer::new(
-        store,
-        keys,
-        IssuerSettings {
-            issuer: settings.issuer.clone().or_else(|| config.jwt.issuers.first().cloned()).unwrap_or_default(),
-            audience: settings.audience.clone().or_else(|| config.jwt.audiences.first().cloned()).unwrap_or_default(),
-            access_ttl: settings.access_ttl_secs as i64,
-            refresh_ttl: settings.refresh_ttl_secs as i64,
-        },
-        &ThrottleSettings {
-            per_ip_per_minute: settings.rate_per_ip_per_minute,
-            per_user_per_minute: settings.rate_per_user_per_minute,
-            lockout_failures: settings.lockout_failures,
-            lockout: Duration::from_secs(settings.lockout_secs),
-        },
-    )?;
-    let listener = TcpListener::bind(settings.addr).await?;
-    info!(addr = %listener.local_addr()?, "token issuer listening");
-    let issuer = Arc::new(issuer);
-    let app = token_api::router(issuer.clone()).merge(token_api::admin_router(issuer));
-    Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
-            error!(error = %e, "token issuer failed");
-        }
-    }))
 }
 
 fn read(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
@@ -378,51 +223,4 @@ fn spawn_watcher(
 ) -> std::io::Result<()> {
     let service = service.clone();
     watch_dir(name, dir, Duration::from_millis(poll_ms.max(100)), move || reload(&service)).map(|_| ())
-}
-
-async fn stop_signal(mut rx: tokio::sync::watch::Receiver<bool>) {
-    let _ = rx.wait_for(|stop| *stop).await;
-}
-
-/// Accepted connections of `listener`, with Nagle's algorithm off: a Check is one small
-/// request and one small response, and delayed ACKs would add up to 40 ms to each.
-pub fn incoming(listener: TcpListener) -> impl futures_util::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    futures_util::stream::unfold(listener, |listener| async move {
-        let accepted = listener.accept().await.map(|(stream, _)| {
-            let _ = stream.set_nodelay(true);
-            stream
-        });
-        Some((accepted, listener))
-    })
-}
-
-async fn admin_server(listener: TcpListener, service: Arc<Service>, stop: impl Future<Output = ()> + Send + 'static) {
-    use axum::http::StatusCode;
-    use axum::routing::get;
-    let metrics_service = service.clone();
-    let app = axum::Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let service = metrics_service.clone();
-                async move {
-                    service.metrics.cached_tokens.set(service.verifier.cached_tokens() as i64);
-                    ([("content-type", "text/plain; version=0.0.4")], service.metrics.encode())
-                }
-            }),
-        )
-        .route(
-            "/health",
-            get(move || {
-                let service = service.clone();
-                async move {
-                    let health = service.health();
-                    let code = if health.serving() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-                    (code, axum::Json(serde_json::to_value(&*health).unwrap_or_default()))
-                }
-            }),
-        );
-    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
-        error!(error = %e, "admin server failed");
-    }
 }

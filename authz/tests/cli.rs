@@ -90,28 +90,12 @@ fn bad_configuration_is_refused_with_the_field_named() {
 }
 
 #[test]
-fn keys_generate_writes_the_secret_layout_and_minted_tokens_use_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().to_str().unwrap();
-    let (code, kid, err) = run(&["keys", "generate", "--dir", d, "--kid", "k1", "--alg", "es256"]);
-    assert_eq!(code, 0, "{err}");
-    assert_eq!(kid.trim(), "k1");
-    let private = dir.path().join("private/k1.pem");
-    use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(&private).unwrap().permissions().mode() & 0o777, 0o600);
-    let keys = authz::keys::KeySet::load_dir(&dir.path().join("public")).unwrap();
-    assert_eq!(keys.kids().collect::<Vec<_>>(), vec!["k1"]);
-    // Refuses to overwrite.
-    let (code, _, err) = run(&["keys", "generate", "--dir", d, "--kid", "k1"]);
-    assert_eq!(code, 2, "{err}");
-
-    let (code, token, err) =
-        run(&["token", "mint", "--key", private.to_str().unwrap(), "--sub", "ada", "--roles", "User,Auditor"]);
-    assert_eq!(code, 0, "{err}");
-    let config = authz::config::JwtConfig::default();
-    let verifier = authz::jwt::TokenVerifier::new(&config);
-    verifier.set_keys(keys);
-    let identity = verifier.verify(token.trim()).unwrap();
-    assert_eq!(&*identity.subject, "ada");
-    assert_eq!(&*identity.roles, "User,Auditor");
+fn authz_has_no_issuer_verbs() {
+    let (code, help, _) = run(&["--help"]);
+    assert_eq!(code, 0);
+    for verb in ["users", "keys", "token", "store"] {
+        assert!(!help.lines().any(|l| l.trim_start().starts_with(verb)), "authz still offers `{verb}`:\n{help}");
+    }
+    let (code, _, err) = run(&["serve", "--issue-tokens"]);
+    assert_eq!(code, 2, "the issuer is its own binary: {err}");
 }

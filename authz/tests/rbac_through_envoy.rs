@@ -66,7 +66,20 @@ async fn each_role_gets_exactly_its_permissions() {
 #[tokio::test]
 async fn verified_identity_reaches_upstream_and_forged_headers_never_do() {
     let stack = Stack::start(AUTHZ).await;
-    let forged = [("x-qiria-roles", "Admin"), ("x-qiria-subject", "root"), ("x-qiria-decision-id", "forged")];
+    let forged = [
+        ("x-qiria-roles", "Admin"),
+        ("x-qiria-subject", "root"),
+        ("x-qiria-decision-id", "forged"),
+        ("X-Qiria-Tenant", "other"),
+        ("x-qiria-anything", "forged"),
+    ];
+    let no_forged_header_arrives = |reply: &qiria_test_support::call::Reply| {
+        let echo = reply.echo.as_ref().expect("reached the upstream");
+        let ours = ["x-qiria-roles", "x-qiria-subject"];
+        let leaked: Vec<&String> =
+            echo.headers.keys().filter(|h| h.starts_with("x-qiria-") && !ours.contains(&h.as_str())).collect();
+        assert!(leaked.is_empty(), "client-sent {leaked:?} reached the upstream");
+    };
 
     // A User forging Admin gains nothing, and the upstream sees only the verified identity.
     let user = stack.token("alice", &["User"]);
@@ -77,6 +90,7 @@ async fn verified_identity_reaches_upstream_and_forged_headers_never_do() {
     assert_eq!(allowed.upstream_header("x-qiria-roles"), vec!["User".to_string()]);
     assert_eq!(allowed.upstream_header("x-qiria-subject"), vec!["alice".to_string()]);
     assert!(allowed.upstream_header("x-qiria-decision-id").is_empty());
+    no_forged_header_arrives(&allowed);
     // The upstream joins its logs to the decision through Envoy's request id.
     let request_id = allowed.decision_key().unwrap();
     assert_eq!(stack.authz.decision_log(&request_id)["subject"], "alice");
@@ -91,6 +105,8 @@ async fn verified_identity_reaches_upstream_and_forged_headers_never_do() {
     assert_eq!(public.status, 200, "{}", public.body);
     assert!(public.upstream_header("x-qiria-roles").is_empty(), "{:?}", public.echo);
     assert!(public.upstream_header("x-qiria-subject").is_empty(), "{:?}", public.echo);
+    no_forged_header_arrives(&public);
+    no_forged_header_arrives(&grpc);
 
     // The bearer token itself is consumed by authz, not forwarded.
     assert!(allowed.upstream_header("authorization").is_empty(), "{:?}", allowed.echo);

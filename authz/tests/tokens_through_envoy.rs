@@ -52,6 +52,30 @@ async fn bad_tokens_are_denied_with_their_reason() {
         ("HS256 with the public key", key.hs256_with_public_key(&good), "unsupported_alg"),
         ("garbage", "not.a.token".to_string(), "malformed"),
         ("tampered payload", tamper(&key.sign(&good)), "bad_signature"),
+        // RFC 7515 §4.1.11: an extension the header marks critical that we do not implement.
+        (
+            "unknown crit",
+            key.sign_with_raw_header(serde_json::json!({"crit": ["exp-tag"], "exp-tag": 1}), &good),
+            "unsupported_crit",
+        ),
+        ("empty crit", key.sign_with_raw_header(serde_json::json!({"crit": []}), &good), "unsupported_crit"),
+        // Longer-lived than the one-hour maximum: with `iat`, and without it (`exp − now`).
+        ("a year to live", key.sign(&with("exp", (now() + 365 * 86400).into())), "lifetime_too_long"),
+        (
+            "no iat, two hours",
+            key.sign(
+                &with("exp", (now() + 7200).into())
+                    .as_object()
+                    .map(|c| {
+                        let mut c = c.clone();
+                        c.remove("iat");
+                        serde_json::Value::Object(c)
+                    })
+                    .unwrap(),
+            ),
+            "lifetime_too_long",
+        ),
+        ("exp at the end of time", key.sign(&with("exp", u64::MAX.into())), "lifetime_too_long"),
     ];
     for (name, token, reason) in &cases {
         let reply = stack.send(Http1, "GET", ROUTE, Some(token), &[]).await;
@@ -96,6 +120,14 @@ async fn good_rs256_and_es256_tokens_pass_and_leeway_is_honoured() {
     let mut recent = claims("alice", &["User"]);
     recent["exp"] = (now() - 10).into();
     assert_eq!(stack.send(Http1, "GET", ROUTE, Some(&stack.key.sign(&recent)), &[]).await.status, 200);
+
+    // A hand-built header without `crit` verifies (so the `crit` cases fail for `crit` alone),
+    // and so does a token living exactly the maximum hour.
+    let raw = stack.key.sign_with_raw_header(serde_json::json!({"typ": "JWT"}), &claims("alice", &["User"]));
+    assert_eq!(stack.send(Http1, "GET", ROUTE, Some(&raw), &[]).await.status, 200);
+    let mut hour = claims("alice", &["User"]);
+    hour["exp"] = (hour["iat"].as_u64().unwrap() + 3600).into();
+    assert_eq!(stack.send(Http1, "GET", ROUTE, Some(&stack.key.sign(&hour)), &[]).await.status, 200);
 }
 
 fn tamper(token: &str) -> String {

@@ -12,12 +12,12 @@ fn parts(c: &mut Criterion) {
     let fixture = Fixture::new();
     let token = fixture.token("alice", &["User"]);
     let request = check_request(Some(&token), "GET", "/v1/jobs/42");
-    let identity = fixture.verifier.verify(&token).expect("valid token");
+    fixture.verifier.verify(&token).expect("valid token");
 
     c.bench_function("input: CheckRequest to input document", |b| {
-        b.iter(|| authz::input::build(&request, Ok(&identity)).expect("input"))
+        b.iter(|| authz::envoy_input::build(&request, Ok(())).expect("input"))
     });
-    let input = authz::input::build(&request, Ok(&identity)).expect("input");
+    let input = authz::envoy_input::build(&request, Ok(())).expect("input");
     c.bench_function("policy: evaluate shipped RBAC", |b| {
         b.iter(|| fixture.bundle.evaluate(input.clone()).expect("eval"))
     });
@@ -48,7 +48,7 @@ fn grpc(c: &mut Criterion) {
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(service)
-                .serve_with_incoming(authz::server::incoming(listener)),
+                .serve_with_incoming(qiria_runtime::net::incoming(listener)),
         );
         addr
     });

@@ -4,13 +4,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arc_swap::ArcSwapOption;
 use authz::check::Authorizer;
 use authz::config::Config;
-use authz::jwt::TokenVerifier;
-use authz::keys::KeySet;
+use authz::decision_cache::DecisionMemo;
 use authz::metrics::Metrics;
-use authz::policy::{BundleOptions, PolicyBundle};
+use qiria_identity::{KeySet, TokenVerifier};
+use qiria_policy::{LivePolicy, PolicyBundle};
 
 use envoy_types::pb::envoy::config::core::v3::{address, socket_address::PortSpecifier, Address, SocketAddress};
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
@@ -37,7 +36,7 @@ pub struct Fixture {
     /// Signs the tokens.
     pub key: SigningKey,
     /// Verifies them.
-    pub verifier: Arc<TokenVerifier>,
+    pub verifier: Arc<TokenVerifier<DecisionMemo>>,
     /// The shipped RBAC bundle.
     pub bundle: Arc<PolicyBundle>,
     /// The whole decision path.
@@ -62,13 +61,15 @@ impl Fixture {
         let key = SigningKey::rsa("bench-1");
         let keys = tempfile::tempdir().expect("tempdir");
         key.write_public(keys.path());
-        let verifier = Arc::new(TokenVerifier::new(&config.jwt));
+        let verifier = Arc::new(TokenVerifier::new(&config.jwt.verifier()));
         verifier.set_keys(KeySet::load_dir(keys.path()).expect("keys"));
-        let options = BundleOptions { run_tests: false, ..config.bundle_options() };
-        let bundle =
-            Arc::new(PolicyBundle::load_dir(&workspace_root().join("policies/rego"), &options).expect("bundle"));
-        let slot = Arc::new(ArcSwapOption::from(Some(bundle.clone())));
-        let authorizer = Arc::new(Authorizer::new(verifier.clone(), slot, Arc::new(Metrics::default()), &config));
+        let metrics = Arc::new(Metrics::default());
+        let mut options = config.bundle_options(metrics.evaluation.clone());
+        options.run_tests = false;
+        let policy = Arc::new(LivePolicy::new(workspace_root().join("policies/rego"), options));
+        assert!(matches!(policy.reload(), qiria_policy::Reload::Activated { .. }), "the shipped bundle loads");
+        let bundle = policy.current().as_ref().cloned().expect("bundle");
+        let authorizer = Arc::new(Authorizer::new(verifier.clone(), policy, metrics, &config.answer_settings()));
         Self { key, verifier, bundle, authorizer, _keys: keys }
     }
 

@@ -1,10 +1,11 @@
-//! The real `authz` binary as a process, and a whole stack (keys, policies, authz, echo
-//! upstream, Envoy) for tests that go through Envoy.
+//! The real `authz` binary as a process, and a whole stack (keys, policies, authz, the
+//! issuer if asked for, echo upstream, Envoy) for tests that go through Envoy.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::envoy::Envoy;
+use crate::issuer::{Issuer, IssuerFiles};
 use crate::process::Process;
 use crate::tokens::{SigningKey, AUDIENCE, ISSUER};
 use crate::upstream::EchoUpstream;
@@ -82,6 +83,11 @@ impl Authz {
         }
     }
 
+    /// The process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().and_then(Process::pid)
+    }
+
     /// Kills the process.
     pub fn stop(&mut self) {
         if let Some(mut p) = self.process.take() {
@@ -148,7 +154,8 @@ impl Authz {
     }
 }
 
-/// Keys, a private copy of a policy directory, authz, an echo upstream and Envoy in front.
+/// Keys, a private copy of a policy directory, authz, the issuer (if asked for), an echo
+/// upstream and Envoy in front.
 pub struct Stack {
     /// The signing key whose public half is in `keys_dir` from the start.
     pub key: SigningKey,
@@ -158,12 +165,13 @@ pub struct Stack {
     pub policy_dir: PathBuf,
     /// The authz process.
     pub authz: Authz,
+    /// The issuer process, for stacks that have one.
+    pub issuer: Option<Issuer>,
     /// The upstream behind Envoy.
     pub upstream: EchoUpstream,
     /// Envoy.
     pub envoy: Envoy,
     dir: tempfile::TempDir,
-    database_url: String,
 }
 
 impl Stack {
@@ -177,9 +185,9 @@ impl Stack {
         Self::build(authz_bin, policy_src, extra, None).await
     }
 
-    /// The shipped policy, with authz also issuing tokens: signing key `test-rsa-1` in
-    /// `signing_dir()`, an SQLite store in the stack's directory.
-    /// Rate limits are lifted, as the flows under test log in far more often than people do.
+    /// The shipped policy, with the issuer behind Envoy too: signing key `test-rsa-1`, an
+    /// SQLite store in the stack's directory, Envoy as its trusted proxy. Rate limits are
+    /// lifted, as the flows under test log in far more often than people do.
     pub async fn with_issuer(authz_bin: &str) -> Self {
         Self::with_issuer_config(authz_bin, None, UNLIMITED).await
     }
@@ -189,20 +197,14 @@ impl Stack {
         Self::with_issuer_config(authz_bin, Some(database_url), UNLIMITED).await
     }
 
-    /// An issuer with `issuer_toml` as the `[issuer]` section of its config file.
-    pub async fn with_issuer_config(authz_bin: &str, database_url: Option<&str>, issuer_toml: &str) -> Self {
-        let config = tempfile::NamedTempFile::new().expect("config file");
-        std::fs::write(config.path(), format!("[issuer]\n{issuer_toml}\n")).expect("write config");
-        let path = config.path().display().to_string();
-        let stack =
-            Self::build(authz_bin, &workspace_root().join("policies/rego"), &["--config", &path], Some(database_url))
-                .await;
-        drop(config);
-        stack
+    /// An issuer with `limits_toml` as the `[limits]` section of its config file.
+    pub async fn with_issuer_config(authz_bin: &str, database_url: Option<&str>, limits_toml: &str) -> Self {
+        let config = format!("[server]\ntrusted_proxies = [\"127.0.0.1\"]\n[limits]\n{limits_toml}\n");
+        Self::build(authz_bin, &workspace_root().join("policies/rego"), &[], Some((database_url, &config))).await
     }
 
-    /// `issuer`: `None` for no issuer, `Some(None)` for one on a fresh SQLite file.
-    async fn build(authz_bin: &str, policy_src: &Path, extra: &[&str], issuer: Option<Option<&str>>) -> Self {
+    /// `issuer`: `None` for no issuer, else its database (`None`: SQLite) and config file.
+    async fn build(authz_bin: &str, policy_src: &Path, extra: &[&str], issuer: Option<(Option<&str>, &str)>) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let keys_dir = dir.path().join("keys");
         let policy_dir = dir.path().join("policy");
@@ -210,39 +212,29 @@ impl Stack {
         copy_dir(policy_src, &policy_dir);
         let key = SigningKey::rsa("test-rsa-1");
         key.write_public(&keys_dir);
-        let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let issuer_port = issuer.map(|_| free_port());
-        let sqlite = format!("sqlite://{}", dir.path().join("qiria.db").display());
-        let database_url = issuer.flatten().unwrap_or(&sqlite).to_string();
-        if let Some(port) = issuer_port {
-            let signing = dir.path().join("signing");
-            std::fs::create_dir_all(&signing).expect("signing dir");
-            std::fs::write(signing.join(format!("{}.pem", key.kid)), &key.private_pem).expect("signing key");
-            let master = dir.path().join("master-keys");
-            std::fs::create_dir_all(&master).expect("master key dir");
-            std::fs::write(master.join("master-1.key"), crate::tokens::random_key_base64()).expect("master key");
-            extra.extend([
-                "--issue-tokens".to_string(),
-                "--token-addr".into(),
-                format!("127.0.0.1:{port}"),
-                "--signing-keys-dir".into(),
-                signing.display().to_string(),
-                "--database-url".into(),
-                database_url.clone(),
-                "--master-keys-dir".into(),
-                master.display().to_string(),
-            ]);
-        }
-        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-        let authz = Authz::start(Path::new(authz_bin), &policy_dir, &keys_dir, dir.path(), &extra).await;
+        let authz = Authz::start(Path::new(authz_bin), &policy_dir, &keys_dir, dir.path(), extra).await;
+        let issuer = match issuer {
+            Some((database_url, config)) => {
+                let files = IssuerFiles {
+                    dir: dir.path(),
+                    key: &key,
+                    keys_dir: &keys_dir,
+                    policy_dir: &policy_dir,
+                    database_url,
+                };
+                Some(Issuer::start(&files, config, &[]).await)
+            }
+            None => None,
+        };
         let upstream = EchoUpstream::start().await;
-        let envoy = Envoy::start(authz.grpc_port, upstream.port, issuer_port).await;
-        Self { key, keys_dir, policy_dir, authz, upstream, envoy, dir, database_url }
+        let ports = issuer.as_ref().map(|i| (i.token_port, i.admin_api_port));
+        let envoy = Envoy::start(authz.grpc_port, upstream.port, ports).await;
+        Self { key, keys_dir, policy_dir, authz, issuer, upstream, envoy, dir }
     }
 
-    /// The issuer's database URL.
-    pub fn database_url(&self) -> &str {
-        &self.database_url
+    /// The issuer; panics for a stack without one.
+    pub fn issuer(&self) -> &Issuer {
+        self.issuer.as_ref().expect("a stack started with an issuer")
     }
 
     /// The stack's private directory (signing keys in `signing/`, master keys in
@@ -269,8 +261,8 @@ impl Stack {
     }
 }
 
-/// `[issuer]` settings that lift the rate limits and the lockout.
-const UNLIMITED: &str =
+/// `[limits]` settings that lift the rate limits and the lockout.
+pub const UNLIMITED: &str =
     "rate_per_ip_per_minute = 1000000\nrate_per_user_per_minute = 1000000\nlockout_failures = 1000000";
 
 /// Copies a directory tree.

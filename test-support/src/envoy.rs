@@ -57,9 +57,9 @@ pub fn render(template: &str, values: &[(&str, String)]) -> String {
 }
 
 impl Envoy {
-    /// Starts Envoy in front of authz (`authz_port`), its token issuer (`issuer_port`, if
-    /// any) and an upstream, and waits until it is ready.
-    pub async fn start(authz_port: u16, upstream_port: u16, issuer_port: Option<u16>) -> Self {
+    /// Starts Envoy in front of authz (`authz_port`), the issuer (`issuer`: its token and
+    /// admin API ports, if any) and an upstream, and waits until it is ready.
+    pub async fn start(authz_port: u16, upstream_port: u16, issuer: Option<(u16, u16)>) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let (port, admin_port) = (free_port(), free_port());
         let access_log = dir.path().join("access.log");
@@ -70,7 +70,8 @@ impl Envoy {
                 ("ADMIN_PORT", admin_port.to_string()),
                 ("AUTHZ_PORT", authz_port.to_string()),
                 ("UPSTREAM_PORT", upstream_port.to_string()),
-                ("ISSUER_PORT", issuer_port.unwrap_or_else(free_port).to_string()),
+                ("ISSUER_PORT", issuer.map_or_else(free_port, |i| i.0).to_string()),
+                ("ISSUER_ADMIN_PORT", issuer.map_or_else(free_port, |i| i.1).to_string()),
                 ("ACCESS_LOG", access_log.display().to_string()),
             ],
         );

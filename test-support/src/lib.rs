@@ -5,6 +5,7 @@
 pub mod authz;
 pub mod call;
 pub mod envoy;
+pub mod issuer;
 pub mod postgres;
 pub mod process;
 pub mod tls;
@@ -18,6 +19,17 @@ use std::time::{Duration, Instant};
 /// The workspace root (where `envoy/`, `policies/` and `.venv/` live).
 pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(PathBuf::from).unwrap_or_default()
+}
+
+/// A binary of this workspace (`authz`, `issuer`…), built beside the running test: tests of
+/// one crate start another crate's binary (`./dev test` builds the whole workspace).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    // Tests run from target/<profile>/deps/, binaries sit in target/<profile>/.
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).map(PathBuf::from).unwrap_or_default();
+    let bin = profile_dir.join(name);
+    assert!(bin.is_file(), "no {} (run `cargo build --workspace --bins` or ./dev test)", bin.display());
+    bin
 }
 
 /// Ports handed to test services: below Linux's ephemeral range (32768–60999), so that no

@@ -70,6 +70,25 @@ impl SigningKey {
         jsonwebtoken::encode(header, claims, &key).expect("sign")
     }
 
+    /// Signs with a header given as raw JSON, for members jsonwebtoken's `Header` lacks
+    /// (`crit`); `kid` and `alg` are this key's unless the JSON sets them.
+    pub fn sign_with_raw_header(&self, mut header: serde_json::Value, claims: &serde_json::Value) -> String {
+        let b64 = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+        let alg = if self.alg == Algorithm::RS256 { "RS256" } else { "ES256" };
+        if let Some(h) = header.as_object_mut() {
+            h.entry("alg").or_insert_with(|| alg.into());
+            h.entry("kid").or_insert_with(|| self.kid.clone().into());
+        }
+        let message = format!("{}.{}", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()));
+        let key = match self.alg {
+            Algorithm::RS256 => EncodingKey::from_rsa_pem(self.private_pem.as_bytes()),
+            _ => EncodingKey::from_ec_pem(self.private_pem.as_bytes()),
+        }
+        .expect("encoding key");
+        let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &key, self.alg).expect("sign");
+        format!("{message}.{signature}")
+    }
+
     /// The classic confusion attack: HS256 with this key's *public* PEM as the HMAC secret.
     pub fn hs256_with_public_key(&self, claims: &serde_json::Value) -> String {
         let mut header = Header::new(Algorithm::HS256);

@@ -48,7 +48,7 @@ fn main() -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
         tonic::transport::Server::builder()
             .add_service(AuthorizationServer::new(AlwaysOk(answer)))
-            .serve_with_incoming(authz::server::incoming(listener))
+            .serve_with_incoming(qiria_runtime::net::incoming(listener))
             .await?;
         Ok(())
     })

@@ -1,34 +1,18 @@
 //! The token issuer, through a real Envoy: log in, use the access token, refresh, and the
 //! refresh-token reuse detection that revokes a whole family. Bad input gets an OAuth error.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use qiria_test_support::authz::Stack;
 use qiria_test_support::call::Protocol::Http1;
+use qiria_test_support::issuer::PASSWORD;
 
-const AUTHZ: &str = env!("CARGO_BIN_EXE_authz");
-const PASSWORD: &str = "correct horse battery staple";
-
-fn add_user(stack: &Stack, username: &str, roles: &str) -> String {
-    users(stack, &["add", "--username", username, "--roles", roles, "--email", &format!("{username}@example.org")])
+fn authz() -> String {
+    qiria_test_support::binary("authz").display().to_string()
 }
 
-/// Runs `authz users …` on the stack's store, the password on stdin.
-fn users(stack: &Stack, args: &[&str]) -> String {
-    let master = stack.dir().join("master-keys");
-    let mut child = Command::new(AUTHZ)
-        .args(["users", "--database-url", stack.database_url(), "--master-keys-dir", master.to_str().unwrap()])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(format!("{PASSWORD}\n").as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+fn add_user(stack: &Stack, username: &str, roles: &str) -> String {
+    stack.issuer().add_user(username, roles)
 }
 
 async fn token_request(stack: &Stack, form: &[(&str, &str)]) -> (u16, serde_json::Value) {
@@ -50,13 +34,13 @@ async fn access_token(stack: &Stack, username: &str) -> String {
 
 #[tokio::test]
 async fn login_refresh_rotation_and_reuse_detection() {
-    login_refresh_rotation_and_reuse(Stack::with_issuer(AUTHZ).await).await;
+    login_refresh_rotation_and_reuse(Stack::with_issuer(&authz()).await).await;
 }
 
 #[tokio::test]
 async fn login_refresh_rotation_and_reuse_detection_on_postgres() {
     if let Some(url) = qiria_test_support::postgres::fresh_database() {
-        login_refresh_rotation_and_reuse(Stack::with_issuer_on(AUTHZ, &url).await).await;
+        login_refresh_rotation_and_reuse(Stack::with_issuer_on(&authz(), &url).await).await;
     }
 }
 
@@ -102,7 +86,7 @@ async fn login_refresh_rotation_and_reuse(stack: Stack) {
     assert_eq!((status, after["error"].as_str()), (400, Some("invalid_grant")));
 
     // Audited, without secrets.
-    let output = stack.authz.output();
+    let output = stack.issuer().output() + &stack.authz.output();
     assert!(output.contains("refresh_token_reuse"), "{output}");
     assert!(output.contains("login_failed"), "{output}");
     for secret in [PASSWORD, first, newest, access] {
@@ -112,7 +96,7 @@ async fn login_refresh_rotation_and_reuse(stack: Stack) {
 
 #[tokio::test]
 async fn discovery_documents_and_bad_input() {
-    let stack = Stack::with_issuer(AUTHZ).await;
+    let stack = Stack::with_issuer(&authz()).await;
     add_user(&stack, "bob", "Auditor");
     let client = reqwest::Client::new();
     let jwks: serde_json::Value =
@@ -157,7 +141,7 @@ async fn discovery_documents_and_bad_input() {
     let (status, _) =
         token_request(&stack, &[("grant_type", "password"), ("username", "bob"), ("password", PASSWORD)]).await;
     assert_eq!(status, 200);
-    assert_eq!(stack.authz.output().matches("login_succeeded").count(), 1);
+    assert_eq!(stack.issuer().output().matches("login_succeeded").count(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -166,7 +150,7 @@ async fn signing_key_rotation_under_load() {
     use std::sync::Arc;
     use std::time::Duration;
 
-    let stack = Arc::new(Stack::with_issuer(AUTHZ).await);
+    let stack = Arc::new(Stack::with_issuer(&authz()).await);
     add_user(&stack, "carol", "User");
     let old_token = access_token(&stack, "carol").await;
 
@@ -208,7 +192,7 @@ async fn signing_key_rotation_under_load() {
     // Rotation, in the order operators follow: publish the new public key, wait until it
     // verifies, then make it the signing key.
     let generated = tempfile::tempdir().unwrap();
-    let out = Command::new(AUTHZ)
+    let out = Command::new(qiria_test_support::binary("issuer"))
         .args(["keys", "generate", "--dir", generated.path().to_str().unwrap(), "--kid", "rotated-2"])
         .output()
         .unwrap();
@@ -253,7 +237,7 @@ async fn signing_key_rotation_under_load() {
 
 #[tokio::test]
 async fn lockout_and_rate_limits() {
-    let stack = Stack::with_issuer_config(AUTHZ, None, "lockout_failures = 3\nrate_per_ip_per_minute = 20").await;
+    let stack = Stack::with_issuer_config(&authz(), None, "lockout_failures = 3\nrate_per_ip_per_minute = 20").await;
     add_user(&stack, "dave", "User");
     let attempt = |password: &'static str| {
         let stack = &stack;
@@ -267,7 +251,7 @@ async fn lockout_and_rate_limits() {
     // Locked: the right password gets the very same answer as a wrong one.
     let (status, locked) = attempt(PASSWORD).await;
     assert_eq!((status, locked["error"].as_str()), (400, Some("invalid_grant")));
-    assert!(stack.authz.output().contains("\"locked\":true"), "lockout not audited");
+    assert!(stack.issuer().output().contains("\"locked\":true"), "lockout not audited");
 
     // Per client address: past 20 requests a minute, 429 with Retry-After, whatever the request.
     let client = reqwest::Client::new();
@@ -283,12 +267,12 @@ async fn lockout_and_rate_limits() {
     let limited = limited.expect("no 429 after the per-address limit");
     assert_eq!(limited.headers().get("retry-after").unwrap(), "60");
     assert_eq!(limited.json::<serde_json::Value>().await.unwrap()["error"], "slow_down");
-    assert!(stack.authz.output().contains("rate_limited"));
+    assert!(stack.issuer().output().contains("rate_limited"));
 }
 
 #[tokio::test]
 async fn admin_api_is_for_admins_only_and_disabling_stops_refresh() {
-    let stack = Stack::with_issuer(AUTHZ).await;
+    let stack = Stack::with_issuer(&authz()).await;
     add_user(&stack, "root", "Admin");
     add_user(&stack, "erin", "User");
     let login = |username: &'static str| {
@@ -349,7 +333,7 @@ async fn admin_api_is_for_admins_only_and_disabling_stops_refresh() {
 
 #[tokio::test]
 async fn es256_signing_key() {
-    let stack = Stack::with_issuer(AUTHZ).await;
+    let stack = Stack::with_issuer(&authz()).await;
     add_user(&stack, "gina", "Auditor");
     let ec = qiria_test_support::tokens::SigningKey::ec("ec-1");
     ec.write_public(&stack.keys_dir);
@@ -378,10 +362,10 @@ async fn es256_signing_key() {
 async fn a_signing_key_active_before_it_is_published_waits_for_its_public_half() {
     use std::time::Duration;
 
-    let stack = Stack::with_issuer(AUTHZ).await;
+    let stack = Stack::with_issuer(&authz()).await;
     add_user(&stack, "hana", "User");
     let kid = |token: &str| jsonwebtoken::decode_header(token).unwrap().kid.unwrap_or_default();
-    assert_eq!(stack.authz.health().await["signing"]["active"], "test-rsa-1");
+    assert_eq!(stack.issuer().health().await["signing"]["active"], "test-rsa-1");
 
     // Private half added and made active, public half not published: held back.
     let early = qiria_test_support::tokens::SigningKey::ec("early-1");
@@ -389,26 +373,109 @@ async fn a_signing_key_active_before_it_is_published_waits_for_its_public_half()
     std::fs::write(signing.join("early-1.pem"), &early.private_pem).unwrap();
     std::fs::write(signing.join("active"), "early-1").unwrap();
     let held_back = qiria_test_support::wait_until(Duration::from_secs(10), || async {
-        stack.authz.health().await["signing"]["last_error"].as_str().is_some_and(|e| e.contains("early-1"))
+        stack.issuer().health().await["signing"]["last_error"].as_str().is_some_and(|e| e.contains("early-1"))
     })
     .await;
-    assert!(held_back, "not reported: {}", stack.authz.health().await);
+    assert!(held_back, "not reported: {}", stack.issuer().health().await);
     let token = access_token(&stack, "hana").await;
     assert_eq!(kid(&token), "test-rsa-1");
     assert_eq!(stack.send(Http1, "GET", "/v1/jobs/1", Some(&token), &[]).await.status, 200);
-    assert!(stack.authz.output().contains("signing_key_rejected"));
+    assert!(stack.issuer().output().contains("signing_key_rejected"));
 
     // Published: the new key signs, with no other change.
     early.write_public(&stack.keys_dir);
     let switched = qiria_test_support::wait_until(Duration::from_secs(10), || async {
-        stack.authz.health().await["signing"]["active"] == "early-1"
+        stack.issuer().health().await["signing"]["active"] == "early-1"
     })
     .await;
-    assert!(switched, "never switched: {}", stack.authz.health().await);
+    assert!(switched, "never switched: {}", stack.issuer().health().await);
     let token = access_token(&stack, "hana").await;
     assert_eq!(kid(&token), "early-1");
     assert_eq!(stack.send(Http1, "GET", "/v1/jobs/1", Some(&token), &[]).await.status, 200);
-    assert!(stack.authz.health().await["signing"]["last_error"].is_null());
-    let activated = stack.authz.output().lines().any(|l| l.contains("signing_key_activated") && l.contains("early-1"));
+    assert!(stack.issuer().health().await["signing"]["last_error"].is_null());
+    let activated =
+        stack.issuer().output().lines().any(|l| l.contains("signing_key_activated") && l.contains("early-1"));
     assert!(activated, "no audit event for the switch");
+}
+
+/// N concurrent refreshes of one refresh token through Envoy: exactly one gets a new pair,
+/// the family ends revoked and no refresh token of it works afterwards; a revoke racing a
+/// refresh leaves the family revoked too, whichever wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_refreshes_and_a_revoke_racing_a_refresh() {
+    let stack = Stack::with_issuer(&authz()).await;
+    add_user(&stack, "ivy", "User");
+    let login = |stack: &Stack| {
+        let form = [("grant_type", "password"), ("username", "ivy"), ("password", PASSWORD)];
+        let url = stack.envoy.url("/v1/auth/token");
+        async move {
+            let body: serde_json::Value =
+                reqwest::Client::new().post(url).form(&form).send().await.unwrap().json().await.unwrap();
+            body["refresh_token"].as_str().unwrap().to_string()
+        }
+    };
+    let refresh = |token: String| {
+        let url = stack.envoy.url("/v1/auth/token");
+        async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .form(&[("grant_type", "refresh_token"), ("refresh_token", token.as_str())])
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<serde_json::Value>().await.unwrap_or_default())
+        }
+    };
+
+    let token = login(&stack).await;
+    let outcomes = futures_util::future::join_all((0..8).map(|_| refresh(token.clone()))).await;
+    let winners: Vec<&serde_json::Value> = outcomes.iter().filter(|(s, _)| *s == 200).map(|(_, b)| b).collect();
+    assert_eq!(winners.len(), 1, "exactly one refresh wins: {outcomes:?}");
+    assert!(outcomes.iter().filter(|(s, _)| *s != 200).all(|(s, b)| *s == 400 && b["error"] == "invalid_grant"));
+    let newest = winners[0]["refresh_token"].as_str().unwrap().to_string();
+    assert_eq!(refresh(newest).await.0, 400, "the family ended revoked");
+    assert_eq!(refresh(token).await.0, 400);
+
+    for _ in 0..3 {
+        let token = login(&stack).await;
+        let revoke =
+            reqwest::Client::new().post(stack.envoy.url("/v1/auth/revoke")).form(&[("token", token.as_str())]).send();
+        let (refreshed, revoked) = tokio::join!(refresh(token.clone()), revoke);
+        assert_eq!(revoked.unwrap().status(), 200);
+        if let Some(next) = refreshed.1["refresh_token"].as_str() {
+            assert_eq!(refresh(next.to_string()).await.0, 400, "the refresh's new token died with its family");
+        }
+        assert_eq!(refresh(token).await.0, 400);
+    }
+}
+
+/// 20 wrong passwords sent in parallel against a lockout of 5: at most 5 of them are checked
+/// at all; the rest, and then the right password, get the same `invalid_grant`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_wrong_passwords_cannot_exceed_the_lockout() {
+    let limits = "lockout_failures = 5\nrate_per_ip_per_minute = 1000000\nrate_per_user_per_minute = 1000000";
+    let stack = Stack::with_issuer_config(&authz(), None, limits).await;
+    add_user(&stack, "judy", "User");
+    let guesses = (0..20).map(|i| {
+        let url = stack.envoy.url("/v1/auth/token");
+        async move {
+            let password = format!("wrong-guess-{i}");
+            let form = [("grant_type", "password"), ("username", "judy"), ("password", password.as_str())];
+            let r = reqwest::Client::new().post(url).form(&form).send().await.unwrap();
+            (r.status().as_u16(), r.json::<serde_json::Value>().await.unwrap_or_default()["error"].clone())
+        }
+    });
+    for (status, error) in futures_util::future::join_all(guesses).await {
+        assert!((status, error.as_str()) == (400, Some("invalid_grant")) || status == 503, "{status} {error}");
+    }
+    let output = stack.issuer().output();
+    let checked = output.lines().filter(|l| l.contains("login_failed") && l.contains("\"locked\":false")).count();
+    assert!((1..=5).contains(&checked), "{checked} passwords were checked against a lockout of 5");
+    if checked == 5 {
+        assert_eq!(output.matches("account_locked").count(), 1, "locked once, by the fifth failure");
+    }
+    let (status, body) =
+        token_request(&stack, &[("grant_type", "password"), ("username", "JUDY"), ("password", PASSWORD)]).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_grant")), "locked, in any case of the name");
 }

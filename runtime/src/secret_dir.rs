@@ -17,9 +17,24 @@ pub struct SecretFile {
     pub bytes: Zeroizing<Vec<u8>>,
 }
 
-/// The visible regular files of `dir` whose extension `wanted` accepts, sorted by name.
-pub fn read(dir: &Path, wanted: impl Fn(&str) -> bool) -> Result<Vec<SecretFile>, (PathBuf, std::io::Error)> {
-    let mut files = Vec::new();
+/// A file of the directory that could not be read.
+pub type Unreadable = (PathBuf, std::io::Error);
+
+/// The visible regular files of `dir` whose extension `wanted` accepts, sorted by name; the
+/// first file that cannot be read fails the whole read (secrets that must all be there).
+pub fn read(dir: &Path, wanted: impl Fn(&str) -> bool) -> Result<Vec<SecretFile>, Unreadable> {
+    let (files, unreadable) = read_each(dir, wanted)?;
+    match unreadable.into_iter().next() {
+        Some(first) => Err(first),
+        None => Ok(files),
+    }
+}
+
+/// Like [`read`], but a file that cannot be read is returned apart and the others are kept
+/// (key sets: one bad file must not keep a removed key alive, nor drop the good ones). Only an
+/// unreadable directory fails.
+pub fn read_each(dir: &Path, wanted: impl Fn(&str) -> bool) -> Result<(Vec<SecretFile>, Vec<Unreadable>), Unreadable> {
+    let (mut files, mut unreadable) = (Vec::new(), Vec::new());
     for entry in std::fs::read_dir(dir).map_err(|e| (dir.to_path_buf(), e))? {
         let path = entry.map_err(|e| (dir.to_path_buf(), e))?.path();
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
@@ -27,12 +42,17 @@ pub fn read(dir: &Path, wanted: impl Fn(&str) -> bool) -> Result<Vec<SecretFile>
         if name.starts_with('.') || !path.is_file() || !wanted(extension) {
             continue;
         }
-        let bytes = Zeroizing::new(std::fs::read(&path).map_err(|e| (path.clone(), e))?);
-        let kid = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
-        files.push(SecretFile { kid, path, bytes });
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let kid = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
+                files.push(SecretFile { kid, path, bytes: Zeroizing::new(bytes) });
+            }
+            Err(e) => unreadable.push((path, e)),
+        }
     }
     files.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(files)
+    unreadable.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok((files, unreadable))
 }
 
 /// The kid in use: the configured one, else the `active` file's, else the only key's.

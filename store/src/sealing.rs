@@ -3,7 +3,7 @@
 //! bound to the row and field they belong to; the data key itself is sealed under a master
 //! key from a mounted secret (`<kid>.key`: 32 bytes, base64), recorded by kid. A new master
 //! key takes new writes at once; rows sealed under an older one still open as long as that
-//! key is present, and `authz store rekey` moves them all to the active key. Lookups by
+//! key is present, and `issuer store rekey` moves them all to the active key. Lookups by
 //! email use a keyed hash (HMAC-SHA256), never the plaintext.
 
 use std::collections::BTreeMap;
@@ -17,7 +17,7 @@ use rand::RngCore;
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
-use crate::secret_dir;
+use qiria_runtime::secret_dir;
 
 const NONCE_LEN: usize = 12;
 

@@ -11,7 +11,7 @@ use jsonwebtoken::{Algorithm, EncodingKey};
 use p256::pkcs8::DecodePrivateKey;
 use rsa::traits::PublicKeyParts;
 
-use crate::secret_dir;
+use qiria_runtime::secret_dir;
 
 /// One private key.
 pub struct SigningKey {

@@ -1,11 +1,14 @@
-//! Typed audit events: security-relevant changes of the service's own state (which policy
-//! and which keys decide) and of the issuer (logins, refreshes, reuse, revocation). They go to the `qiria::audit` tracing target, so a subscriber can
-//! route them to the tamper-evident trail and the SIEM without parsing free text.
+//! Typed audit events of every service: security-relevant changes of a service's own state
+//! (which policy and which keys decide, which key signs) and of the issuer (logins, refreshes,
+//! reuse, revocation, admin actions). The sink is the `qiria::audit` tracing target, so a
+//! subscriber can route them to the tamper-evident trail and the SIEM without parsing free
+//! text.
 
 use tracing::{info, warn};
 
 /// One audit event. Fields never hold secrets: keys appear by kid, policies by revision.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum AuditEvent<'a> {
     /// A policy bundle was activated.
     PolicyActivated {
@@ -62,6 +65,13 @@ pub enum AuditEvent<'a> {
         /// The account was locked after repeated failures.
         locked: bool,
     },
+    /// Failed logins locked an account (for the configured lockout time).
+    AccountLocked {
+        /// The username.
+        username: &'a str,
+        /// Client address of the failure that locked it.
+        client_ip: &'a str,
+    },
     /// A token request was refused by a rate limit.
     RateLimited {
         /// Client address.
@@ -94,6 +104,26 @@ pub enum AuditEvent<'a> {
         /// Client address.
         client_ip: &'a str,
     },
+    /// An admin API call was carried out.
+    AdminAction {
+        /// The verified subject who asked.
+        actor: &'a str,
+        /// What was done, e.g. `user_created`.
+        action: &'a str,
+        /// On whom (a username).
+        target: &'a str,
+    },
+    /// An admin API call was refused (no valid token, or the policy denied it).
+    AdminRefused {
+        /// The verified subject, when there was one.
+        actor: Option<&'a str>,
+        /// Method and path asked for.
+        operation: &'a str,
+        /// `unauthenticated` or `forbidden`.
+        reason: &'a str,
+        /// Client address.
+        client_ip: &'a str,
+    },
 }
 
 /// Emits an audit event.
@@ -119,6 +149,9 @@ pub fn record(event: AuditEvent<'_>) {
         AuditEvent::LoginFailed { username, client_ip, locked } => {
             warn!(target: "qiria::audit", event = "login_failed", username, client_ip, locked)
         }
+        AuditEvent::AccountLocked { username, client_ip } => {
+            warn!(target: "qiria::audit", event = "account_locked", username, client_ip)
+        }
         AuditEvent::RateLimited { client_ip } => warn!(target: "qiria::audit", event = "rate_limited", client_ip),
         AuditEvent::TokenRefreshed { user, client_ip } => {
             info!(target: "qiria::audit", event = "token_refreshed", user, client_ip)
@@ -128,6 +161,12 @@ pub fn record(event: AuditEvent<'_>) {
         }
         AuditEvent::TokenRevoked { user, revoked, client_ip } => {
             info!(target: "qiria::audit", event = "token_revoked", user, revoked, client_ip)
+        }
+        AuditEvent::AdminAction { actor, action, target } => {
+            info!(target: "qiria::audit", event = "admin_action", actor, action, target)
+        }
+        AuditEvent::AdminRefused { actor, operation, reason, client_ip } => {
+            warn!(target: "qiria::audit", event = "admin_refused", actor, operation, reason, client_ip)
         }
     }
 }

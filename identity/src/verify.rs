@@ -1,25 +1,84 @@
 //! Bearer-token verification: RS256/ES256 only, `exp`/`iss`/`aud` required, the key chosen by
-//! `kid` from the current [`KeySet`] and bound to its own algorithm. Verified tokens are cached
-//! by a keyed hash of the token, together with the decisions taken for them; a cached token is
-//! never honoured past its `exp` or once its key has left the set.
+//! `kid` from the current [`KeySet`] and bound to its own algorithm, no `crit` extension, and a
+//! lifetime no longer than configured. Verified tokens are cached by a keyed hash of the token;
+//! a cached token is never honoured past its `exp` or once its key has left the set.
+//!
+//! A cache entry can carry something the caller attaches to the token (authz keeps the
+//! decisions it took for it there, so that a token and its decisions cost one entry): the
+//! verifier stores it, never looks at it.
 //!
 //! The token cache is `quick_cache`, not moka: moka's bookkeeping costs ~330 bytes per entry
 //! (measured), more than the entry itself, and 100,000 cached tokens must fit in 64 MiB.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use base64::Engine as _;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
+use qiria_runtime::clock::now_secs;
 use quick_cache::sync::Cache;
 use quick_cache::UnitWeighter;
+use serde::{Deserialize, Serialize};
 
-use crate::config::JwtConfig;
-use crate::decision::DecisionMemo;
+use crate::error::IdentityError;
+use crate::hash::{PrehashedKey, TokenHasher};
 use crate::keys::{KeySet, VerifyKey};
+
+/// The largest clock-skew leeway accepted: more would stretch every token's life.
+pub const MAX_LEEWAY_SECS: u64 = 60;
+
+/// What a token must be to be accepted.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct VerifierSettings {
+    /// Accepted `iss` values; a token must carry one of them.
+    pub issuers: Vec<String>,
+    /// Accepted `aud` values; a token must carry at least one of them.
+    pub audiences: Vec<String>,
+    /// Clock-skew leeway for `exp` and `nbf`, in seconds (at most 60).
+    pub leeway_secs: u64,
+    /// Required value of the `typ` claim (our issuer writes `access`); empty accepts any.
+    pub required_typ: String,
+    /// Longest lifetime accepted, `exp − iat` (or `exp − now` without `iat`), in seconds: a
+    /// token that cannot be revoked must not be made to live for years.
+    pub max_lifetime_secs: u64,
+    /// How many verified tokens are kept in the cache.
+    pub cache_capacity: u64,
+}
+
+impl Default for VerifierSettings {
+    fn default() -> Self {
+        Self {
+            issuers: vec!["https://qiria.local".into()],
+            audiences: vec!["qiria".into()],
+            leeway_secs: 30,
+            required_typ: "access".into(),
+            max_lifetime_secs: 3600,
+            cache_capacity: 100_000,
+        }
+    }
+}
+
+impl VerifierSettings {
+    /// The first setting out of range, as (field, reason).
+    pub fn invalid(&self) -> Option<(&'static str, &'static str)> {
+        if self.leeway_secs > MAX_LEEWAY_SECS {
+            Some(("leeway_secs", "must be at most 60"))
+        } else if self.issuers.is_empty() {
+            Some(("issuers", "must name at least one issuer"))
+        } else if self.audiences.is_empty() {
+            Some(("audiences", "must name at least one audience"))
+        } else if self.cache_capacity == 0 {
+            Some(("cache_capacity", "must be at least 1"))
+        } else if self.max_lifetime_secs == 0 {
+            Some(("max_lifetime_secs", "must be at least 1"))
+        } else {
+            None
+        }
+    }
+}
 
 /// A verified token: who it names and what it grants. One lives in the cache per token, so
 /// it is kept small (100,000 of them are a normal load).
@@ -32,103 +91,63 @@ pub struct Identity {
     pub roles: Arc<str>,
     /// `exp`, seconds since the epoch.
     pub expires_at: u64,
-    /// Decisions already taken for this token.
-    pub decisions: DecisionMemo,
     key: Arc<VerifyKey>,
 }
 
-/// Why a request carries no identity; surfaced to policies as `input.identity_error`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum IdentityError {
-    /// No `Authorization: Bearer` header.
-    #[error("missing")]
-    Missing,
-    /// Not three base64url JSON segments.
-    #[error("malformed")]
-    Malformed,
-    /// `alg` is not RS256/ES256 (this includes `none` and every HS*), or not the key's.
-    #[error("unsupported_alg")]
-    UnsupportedAlgorithm,
-    /// No `kid`, or a `kid` the key set does not hold.
-    #[error("unknown_kid")]
-    UnknownKid,
-    /// The signature does not verify.
-    #[error("bad_signature")]
-    BadSignature,
-    /// `exp` is in the past (beyond the leeway).
-    #[error("expired")]
-    Expired,
-    /// `nbf` is in the future (beyond the leeway).
-    #[error("not_yet_valid")]
-    NotYetValid,
-    /// `iss` is not an accepted issuer.
-    #[error("wrong_issuer")]
-    WrongIssuer,
-    /// `aud` names none of the accepted audiences.
-    #[error("wrong_audience")]
-    WrongAudience,
-    /// `typ` is not the required token type (e.g. a refresh token).
-    #[error("wrong_type")]
-    WrongType,
-    /// A required claim (`exp`, `iss`, `aud`, `sub`) is absent or of the wrong type.
-    #[error("missing_claim")]
-    MissingClaim,
-    /// No key set has been loaded yet.
-    #[error("no_keys")]
-    NoKeys,
+impl Identity {
+    /// The role names.
+    pub fn role_names(&self) -> impl Iterator<Item = &str> {
+        self.roles.split(',').filter(|r| !r.is_empty())
+    }
 }
 
-impl IdentityError {
-    /// The stable code policies and logs see.
-    pub fn code(&self) -> &'static str {
-        match self {
-            Self::Missing => "missing",
-            Self::Malformed => "malformed",
-            Self::UnsupportedAlgorithm => "unsupported_alg",
-            Self::UnknownKid => "unknown_kid",
-            Self::BadSignature => "bad_signature",
-            Self::Expired => "expired",
-            Self::NotYetValid => "not_yet_valid",
-            Self::WrongIssuer => "wrong_issuer",
-            Self::WrongAudience => "wrong_audience",
-            Self::WrongType => "wrong_type",
-            Self::MissingClaim => "missing_claim",
-            Self::NoKeys => "no_keys",
-        }
+/// A cache entry: the identity, and what the caller attached to this token.
+#[derive(Debug)]
+pub struct Verified<A> {
+    /// Who the token names.
+    pub identity: Identity,
+    /// The caller's per-token state (created empty on first verification).
+    pub attached: A,
+}
+
+impl<A> std::ops::Deref for Verified<A> {
+    type Target = Identity;
+    fn deref(&self) -> &Identity {
+        &self.identity
     }
 }
 
 /// Verifies bearer tokens against the current key set, with a bounded cache.
-pub struct TokenVerifier {
+pub struct TokenVerifier<A = ()> {
     keys: ArcSwap<Option<KeySet>>,
-    cache: Cache<u128, Arc<Identity>, UnitWeighter, PrehashedKey>,
+    cache: Cache<u128, Arc<Verified<A>>, UnitWeighter, PrehashedKey>,
     role_sets: Mutex<HashSet<Arc<str>>>,
     hash_key: TokenHasher,
     rs256: Validation,
     es256: Validation,
     leeway: u64,
+    max_lifetime: u64,
     required_typ: Option<String>,
 }
 
-impl TokenVerifier {
+impl<A: Default> TokenVerifier<A> {
     /// A verifier with no keys yet: every token is refused with `no_keys` until [`Self::set_keys`].
-    pub fn new(config: &JwtConfig) -> Self {
+    pub fn new(settings: &VerifierSettings) -> Self {
         let validation = |alg| {
             let mut v = Validation::new(alg);
-            v.leeway = config.leeway_secs;
+            v.leeway = settings.leeway_secs;
             v.validate_exp = true;
             v.validate_nbf = true;
-            v.set_issuer(&config.issuers);
-            v.set_audience(&config.audiences);
+            v.set_issuer(&settings.issuers);
+            v.set_audience(&settings.audiences);
             v.set_required_spec_claims(&["exp", "iss", "aud"]);
             v
         };
-        let leeway = config.leeway_secs;
         // Expiry is checked on every hit, so the cache itself tracks no time. Expired tokens
         // are dropped when presented, or evicted (S3-FIFO: scans of one-off tokens do not
         // push out the tokens in steady use).
-        let capacity = usize::try_from(config.cache_capacity).unwrap_or(usize::MAX);
-        let cache = Cache::with(capacity, config.cache_capacity, UnitWeighter, PrehashedKey, Default::default());
+        let capacity = usize::try_from(settings.cache_capacity).unwrap_or(usize::MAX);
+        let cache = Cache::with(capacity, settings.cache_capacity, UnitWeighter, PrehashedKey, Default::default());
         Self {
             keys: ArcSwap::from_pointee(None),
             cache,
@@ -136,8 +155,9 @@ impl TokenVerifier {
             hash_key: TokenHasher::random(),
             rs256: validation(Algorithm::RS256),
             es256: validation(Algorithm::ES256),
-            leeway,
-            required_typ: Some(config.required_typ.clone()).filter(|t| !t.is_empty()),
+            leeway: settings.leeway_secs,
+            max_lifetime: settings.max_lifetime_secs,
+            required_typ: Some(settings.required_typ.clone()).filter(|t| !t.is_empty()),
         }
     }
 
@@ -155,26 +175,27 @@ impl TokenVerifier {
     }
 
     /// Verifies the value of an `Authorization` header (or its absence).
-    pub fn verify_header(&self, authorization: Option<&str>) -> Result<Arc<Identity>, IdentityError> {
+    pub fn verify_header(&self, authorization: Option<&str>) -> Result<Arc<Verified<A>>, IdentityError> {
         let token = authorization.and_then(bearer_token).ok_or(IdentityError::Missing)?;
         self.verify(token)
     }
 
     /// Verifies a compact JWS.
-    pub fn verify(&self, token: &str) -> Result<Arc<Identity>, IdentityError> {
+    pub fn verify(&self, token: &str) -> Result<Arc<Verified<A>>, IdentityError> {
         let keys = self.keys.load();
         let keys = keys.as_ref().as_ref().ok_or(IdentityError::NoKeys)?;
         let cache_key = self.hash_key.hash(token.as_bytes());
-        if let Some(identity) = self.cache.get(&cache_key) {
-            let key_still_there = keys.get(&identity.key.kid).is_some_and(|k| Arc::ptr_eq(k, &identity.key));
-            if key_still_there && identity.expires_at + self.leeway > now_secs() {
-                return Ok(identity);
+        if let Some(entry) = self.cache.get(&cache_key) {
+            let key_still_there = keys.get(&entry.key.kid).is_some_and(|k| Arc::ptr_eq(k, &entry.key));
+            if key_still_there && entry.expires_at.saturating_add(self.leeway) > now_secs() {
+                return Ok(entry);
             }
             self.cache.remove(&cache_key);
         }
-        let identity = Arc::new(self.verify_with(token, keys)?);
-        self.cache.insert(cache_key, identity.clone());
-        Ok(identity)
+        let identity = self.verify_with(token, keys)?;
+        let entry = Arc::new(Verified { identity, attached: A::default() });
+        self.cache.insert(cache_key, entry.clone());
+        Ok(entry)
     }
 
     /// Whether the current key set holds the public key that signed `token`: its signature
@@ -204,6 +225,10 @@ impl TokenVerifier {
         if !matches!(header.alg, Algorithm::RS256 | Algorithm::ES256) {
             return Err(IdentityError::UnsupportedAlgorithm);
         }
+        // jsonwebtoken does not read `crit`; we implement no extension, so any is refused.
+        if header_has_crit(token) {
+            return Err(IdentityError::UnsupportedCritical);
+        }
         let kid = header.kid.as_deref().ok_or(IdentityError::UnknownKid)?;
         let key = keys.get(kid).ok_or(IdentityError::UnknownKid)?;
         if key.alg != header.alg {
@@ -227,8 +252,15 @@ impl TokenVerifier {
             Some(_) => return Err(IdentityError::MissingClaim),
         };
         let expires_at = claims.get("exp").and_then(|e| e.as_u64()).ok_or(IdentityError::MissingClaim)?;
+        let issued_at = match claims.get("iat") {
+            None => now_secs(),
+            Some(iat) => iat.as_u64().ok_or(IdentityError::MissingClaim)?,
+        };
+        if expires_at.saturating_sub(issued_at) > self.max_lifetime {
+            return Err(IdentityError::LifetimeTooLong);
+        }
         let roles = self.role_set(&roles.join(","));
-        Ok(Identity { subject, roles, expires_at, decisions: DecisionMemo::default(), key: key.clone() })
+        Ok(Identity { subject, roles, expires_at, key: key.clone() })
     }
 
     /// The shared copy of a role set. Only tokens that verified get here, and those come
@@ -247,86 +279,22 @@ impl TokenVerifier {
     }
 }
 
-/// SipHash-1-3 (128-bit) under a key drawn at startup: a PRF, so nobody who does not know
-/// the key can make a token collide with another one's cache entry, at a fraction of
-/// SHA-256's cost on the hot path.
-#[derive(Clone)]
-pub struct TokenHasher(siphasher::sip128::SipHasher13);
-
-impl TokenHasher {
-    /// A hasher with a fresh random key.
-    pub fn random() -> Self {
-        use rand::RngCore;
-        let mut key = [0u8; 16];
-        rand::rngs::OsRng.fill_bytes(&mut key);
-        Self(siphasher::sip128::SipHasher13::new_with_key(&key))
-    }
-
-    /// The 128-bit hash of `parts`, each length-prefixed so that no two splits collide.
-    pub fn hash_parts(&self, parts: &[&[u8]]) -> u128 {
-        use siphasher::sip128::Hasher128;
-        use std::hash::Hasher;
-        let mut h = self.0;
-        for part in parts {
-            h.write_usize(part.len());
-            h.write(part);
-        }
-        h.finish128().as_u128()
-    }
-
-    /// The 128-bit hash of `bytes`.
-    pub fn hash(&self, bytes: &[u8]) -> u128 {
-        self.hash_parts(&[bytes])
-    }
-}
-
-/// Cache keys here are already keyed-hash outputs: hashing them again (the caches' default
-/// is SipHash) is pure cost. This hasher passes their low 64 bits through.
-#[derive(Clone, Copy, Default, Debug)]
-pub struct PrehashedKey;
-
-impl std::hash::BuildHasher for PrehashedKey {
-    type Hasher = PassThrough;
-    fn build_hasher(&self) -> PassThrough {
-        PassThrough(0)
-    }
-}
-
-/// The [`PrehashedKey`] hasher: keeps the last integer written.
-#[derive(Debug)]
-pub struct PassThrough(u64);
-
-impl std::hash::Hasher for PassThrough {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        // Only reached for non-integer keys; fold them in so the hasher stays correct.
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(word);
-        }
-    }
-    fn write_u128(&mut self, value: u128) {
-        self.0 = value as u64;
-    }
-}
-
-/// The claims of a token, for `input.identity`. Only call it on a token that verified: the
-/// cache keeps identities small by not holding the claims, which are read again from the
-/// request's own token when a policy needs them.
-pub fn verified_claims(token: &str) -> Option<regorus::Value> {
-    let payload = token.split('.').nth(1)?;
-    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?;
-    regorus::Value::from_json_str(std::str::from_utf8(&json).ok()?).ok()
-}
-
 /// Extracts the token from `Bearer <token>` (scheme case-insensitive, RFC 6750).
 pub fn bearer_token(header: &str) -> Option<&str> {
     let (scheme, token) = header.split_once(' ')?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// Whether the token's header carries a `crit` member (of any value: an empty or malformed
+/// one is invalid too, RFC 7515 §4.1.11).
+fn header_has_crit(token: &str) -> bool {
+    let header = token.split('.').next().unwrap_or_default();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .ok()
+        .and_then(|h| serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&h).ok())
+        .is_none_or(|h| h.contains_key("crit"))
 }
 
 /// A header jsonwebtoken refused: an algorithm it does not know (`none`) or plain garbage.
@@ -357,11 +325,6 @@ fn classify(kind: &ErrorKind) -> IdentityError {
         }
         _ => IdentityError::Malformed,
     }
-}
-
-/// Seconds since the epoch (0 if the clock is before it).
-pub fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 #[cfg(test)]

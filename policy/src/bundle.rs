@@ -2,47 +2,106 @@
 //! directory (OPA bundle layout: a data file in `a/b/` lands at `data.a.b`), parsed and
 //! prepared, identified by a content hash (its revision), and evaluated per request on one of
 //! a few engines built separately (one per core), so that worker threads share nothing.
+//!
+//! Evaluation is bounded by CPU, not by the wall clock alone: regorus' limit is wall-clock
+//! only, and a thread descheduled mid-evaluation (CFS throttling under a CPU limit stalls for
+//! up to a 100 ms period) would turn an allow into a deny. When regorus' limit fires, the
+//! thread's own CPU time says whether the policy really ran that long: if not, the evaluation
+//! was stalled and runs again, until the overall deadline. A panic inside regorus denies that
+//! request and the engine is replaced, so nothing stays poisoned.
 
 use std::collections::BTreeSet;
 use std::num::NonZeroU32;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use moka::sync::Cache;
-
+use qiria_runtime::thread_slot::thread_slot;
 use regorus::unstable::{Rule, RuleHead};
 use regorus::utils::limits::ExecutionTimerConfig;
 use regorus::{Engine, Value};
 use sha2::{Digest, Sha256};
 
-use crate::decision::SharedDecision;
-use crate::jwt::PrehashedKey;
-use crate::thread_slot::thread_slot;
+use crate::cpu::thread_cpu_time;
 
 /// How a bundle is loaded and evaluated.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct BundleOptions {
     /// The rule whose value is the decision, e.g. `data.qiria.authz.allow`; `None` for tools
     /// that only run tests or queries.
     pub decision_rule: Option<String>,
     /// Parse with Rego v0 syntax.
     pub rego_v0: bool,
-    /// Evaluation time limit; past it evaluation fails (and the request is denied).
+    /// CPU time one evaluation may use; past it evaluation fails (and the request is denied).
     pub eval_timeout: Duration,
+    /// Wall-clock time one evaluation may take in all, stalls included; keep it below the
+    /// caller's own timeout (Envoy's ext_authz timeout).
+    pub eval_deadline: Duration,
     /// Refuse the bundle unless all its `test_*` rules pass.
     pub run_tests: bool,
-    /// Decisions kept for requests without a valid token, when the bundle declares
-    /// `cache_decisions := true` in the decision rule's package (a verified token keeps its
-    /// own decisions in the token cache); 0 disables decision caching altogether.
-    pub decision_cache_capacity: u64,
-    /// How long a cached decision may be reused.
-    pub decision_cache_ttl: Duration,
+    /// Where evaluation outcomes worth a metric are counted (shared across reloads).
+    pub counters: Arc<EvalCounters>,
+    /// Builtins the host provides, added to every engine.
+    pub builtins: Vec<HostBuiltin>,
 }
 
-/// Why a bundle was refused; the previous bundle keeps serving.
+impl BundleOptions {
+    /// Options for tools: no decision rule, a generous limit, no load-time tests.
+    pub fn for_tools(rego_v0: bool) -> Self {
+        Self {
+            decision_rule: None,
+            rego_v0,
+            eval_timeout: Duration::from_secs(5),
+            eval_deadline: Duration::from_secs(10),
+            run_tests: false,
+            counters: Arc::default(),
+            builtins: Vec::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for BundleOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BundleOptions")
+            .field("decision_rule", &self.decision_rule)
+            .field("rego_v0", &self.rego_v0)
+            .field("eval_timeout", &self.eval_timeout)
+            .field("eval_deadline", &self.eval_deadline)
+            .field("run_tests", &self.run_tests)
+            .field("builtins", &self.builtins.iter().map(|b| b.path.as_str()).collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// A builtin function the host provides to policies (`Engine::add_extension`).
+#[derive(Clone)]
+pub struct HostBuiltin {
+    /// Its name in Rego, e.g. `io.jwt.decode`.
+    pub path: String,
+    /// How many arguments it takes.
+    pub nargs: u8,
+    /// The function.
+    pub function: Arc<dyn Fn(Vec<Value>) -> anyhow::Result<Value> + Send + Sync>,
+}
+
+/// Evaluation outcomes counted for metrics; all counts since the process started.
+#[derive(Debug, Default)]
+pub struct EvalCounters {
+    /// Evaluations stopped because they used their whole CPU budget (a policy that loops).
+    pub cpu_limit: AtomicU64,
+    /// Evaluations stopped at the wall-clock deadline (stalled again and again).
+    pub deadline: AtomicU64,
+    /// Evaluations run again because regorus' wall-clock limit fired on a stalled thread.
+    pub stall_retries: AtomicU64,
+    /// Evaluations that panicked inside regorus (denied; the engine was replaced).
+    pub panics: AtomicU64,
+}
+
+/// Why a bundle was refused, or an evaluation failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PolicyError {
     /// A file or directory could not be read.
     #[error("reading {path}: {source}")]
@@ -88,6 +147,15 @@ pub enum PolicyError {
     /// Evaluation failed at request time.
     #[error("evaluation failed: {0}")]
     Eval(String),
+    /// Evaluation used its whole CPU budget.
+    #[error("evaluation stopped: it used its {0:?} of CPU")]
+    CpuLimit(Duration),
+    /// Evaluation did not finish by the deadline (the thread was stalled throughout).
+    #[error("evaluation stopped: not finished within {0:?}")]
+    Deadline(Duration),
+    /// Evaluation panicked inside regorus.
+    #[error("evaluation panicked: {0}")]
+    Panicked(String),
 }
 
 /// The outcome of one `test_*` rule.
@@ -103,21 +171,16 @@ pub struct TestResult {
 pub struct PolicyBundle {
     id: u64,
     revision: String,
+    /// Prepared with the request limit: request engines are replaced by clones of it.
     engine: Engine,
     request_engines: Box<[Mutex<Engine>]>,
     decision_rule: Option<String>,
     tests: Vec<String>,
     files: usize,
-    caching: Option<DecisionCaching>,
-}
-
-/// How a bundle that declared its decisions cacheable lets them be reused.
-pub struct DecisionCaching {
-    /// How long a decision may be reused.
-    pub ttl: Duration,
-    /// Decisions for requests without a verified token, keyed by why there is none and by
-    /// the request. It lives and dies with the bundle.
-    pub anonymous: Cache<u128, SharedDecision, PrehashedKey>,
+    caches_decisions: bool,
+    eval_timeout: Duration,
+    eval_deadline: Duration,
+    counters: Arc<EvalCounters>,
 }
 
 impl std::fmt::Debug for PolicyBundle {
@@ -126,7 +189,7 @@ impl std::fmt::Debug for PolicyBundle {
             .field("revision", &self.revision)
             .field("decision_rule", &self.decision_rule)
             .field("files", &self.files)
-            .field("caches_decisions", &self.caching.is_some())
+            .field("caches_decisions", &self.caches_decisions)
             .finish()
     }
 }
@@ -171,6 +234,12 @@ impl Sources<'_> {
         // The first evaluation prepares the engine, which takes far longer than a request may:
         // it gets a generous limit, requests get the configured one (see `prepare`).
         engine.set_execution_timer_config(timer(self.options.eval_timeout.max(PREPARE_TIMEOUT)));
+        for builtin in &self.options.builtins {
+            let function = builtin.function.clone();
+            engine
+                .add_extension(builtin.path.clone(), builtin.nargs, Box::new(move |args| function(args)))
+                .map_err(|e| PolicyError::Parse { path: self.root.to_path_buf(), message: e.to_string() })?;
+        }
         for (path, text) in self.rego {
             let name = path.strip_prefix(self.root).unwrap_or(path).display().to_string();
             engine
@@ -260,18 +329,8 @@ impl PolicyBundle {
             sources.prepare(&mut engine, rule)?;
         }
         engine.set_execution_timer_config(timer(options.eval_timeout));
-        let caching = match &options.decision_rule {
-            Some(rule) if options.decision_cache_capacity > 0 && declares_cacheable(&mut engine, rule, &rules) => {
-                Some(DecisionCaching {
-                    ttl: options.decision_cache_ttl,
-                    anonymous: Cache::builder()
-                        .max_capacity(options.decision_cache_capacity)
-                        .time_to_live(options.decision_cache_ttl)
-                        .build_with_hasher(PrehashedKey),
-                })
-            }
-            _ => None,
-        };
+        let caches_decisions =
+            options.decision_rule.as_ref().is_some_and(|rule| declares_cacheable(&mut engine, rule, &rules));
         // One engine per core for requests, each built from the sources on its own: clones of
         // one engine share its modules and data through reference counts that evaluation
         // touches on every step, and that shared cache line held two cores to 1.6 × one.
@@ -298,7 +357,10 @@ impl PolicyBundle {
             decision_rule: options.decision_rule.clone(),
             tests,
             files: rego.len() + data.len(),
-            caching,
+            caches_decisions,
+            eval_timeout: options.eval_timeout,
+            eval_deadline: options.eval_deadline.max(options.eval_timeout),
+            counters: options.counters.clone(),
         };
         if options.run_tests {
             let failed: Vec<String> = bundle
@@ -329,9 +391,10 @@ impl PolicyBundle {
         self.id
     }
 
-    /// How decisions may be reused, when the bundle declared them cacheable.
-    pub fn decision_caching(&self) -> Option<&DecisionCaching> {
-        self.caching.as_ref()
+    /// Whether the decision rule's package declares `cache_decisions := true`: its decisions
+    /// depend only on the verified identity, the method and the path, so callers may reuse them.
+    pub fn caches_decisions(&self) -> bool {
+        self.caches_decisions
     }
 
     /// Evaluates the decision rule for `input` on this thread's request engine.
@@ -342,11 +405,45 @@ impl PolicyBundle {
             .get(thread_slot() % self.request_engines.len().max(1))
             .ok_or_else(|| PolicyError::Eval("no request engine".into()))?;
         // Threads are dealt engines round-robin (`thread_slot`), so the lock is uncontended
-        // but for threads beyond one per core; a panic inside regorus poisons only this
-        // engine's evaluations, which then deny.
-        let mut engine = slot.lock().map_err(|_| PolicyError::Eval("engine poisoned by an earlier panic".into()))?;
-        engine.set_input(input);
-        engine.eval_rule(rule.clone()).map_err(|e| PolicyError::Eval(e.to_string()))
+        // but for threads beyond one per core. A panic is caught below and the engine
+        // replaced, so the lock is never poisoned; were it, the engine is replaced too.
+        let mut engine = slot.lock().unwrap_or_else(|poisoned| {
+            let mut engine = poisoned.into_inner();
+            *engine = self.engine.clone();
+            engine
+        });
+        let started = Instant::now();
+        loop {
+            let cpu_before = thread_cpu_time();
+            engine.set_input(input.clone());
+            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| engine.eval_rule(rule.clone())));
+            let error = match outcome {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(error)) => error,
+                Err(panic) => {
+                    // The engine may be half-way through an update: start again from the
+                    // prepared one.
+                    *engine = self.engine.clone();
+                    self.counters.panics.fetch_add(1, Ordering::Relaxed);
+                    return Err(PolicyError::Panicked(panic_message(panic.as_ref())));
+                }
+            };
+            if !is_time_limit(&error) {
+                return Err(PolicyError::Eval(error.to_string()));
+            }
+            // regorus' limit is wall-clock: it fires as well when this thread was merely not
+            // running. Only CPU really spent by this evaluation counts against the policy.
+            let spent = thread_cpu_time().saturating_sub(cpu_before);
+            if spent + spent / 8 >= self.eval_timeout {
+                self.counters.cpu_limit.fetch_add(1, Ordering::Relaxed);
+                return Err(PolicyError::CpuLimit(self.eval_timeout));
+            }
+            if started.elapsed() + self.eval_timeout > self.eval_deadline {
+                self.counters.deadline.fetch_add(1, Ordering::Relaxed);
+                return Err(PolicyError::Deadline(self.eval_deadline));
+            }
+            self.counters.stall_retries.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Evaluates any query against `input` on a fresh clone (for tools, not the hot path).
@@ -379,6 +476,22 @@ impl PolicyBundle {
             })
             .collect()
     }
+}
+
+/// Whether regorus stopped an evaluation at its time limit.
+fn is_time_limit(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        matches!(cause.downcast_ref::<regorus::LimitError>(), Some(regorus::LimitError::TimeLimitExceeded { .. }))
+    }) || error.to_string().contains("exceeded time limit")
+}
+
+/// What a panic said, for the log (regorus panics with a message, never with secrets).
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 /// Whether the decision rule's package says `cache_decisions := true`: its decisions depend
@@ -469,9 +582,10 @@ mod tests {
             decision_rule: Some("data.t.allow".into()),
             rego_v0: false,
             eval_timeout: Duration::from_millis(100),
+            eval_deadline: Duration::from_millis(400),
             run_tests: true,
-            decision_cache_capacity: 10,
-            decision_cache_ttl: Duration::from_secs(60),
+            counters: Arc::default(),
+            builtins: Vec::new(),
         }
     }
 
@@ -518,7 +632,7 @@ mod tests {
         .unwrap();
         let started = std::time::Instant::now();
         let result = b.evaluate(Value::from_json_str(r#"{"heavy": true}"#).unwrap());
-        assert!(matches!(result, Err(PolicyError::Eval(ref e)) if e.contains("time limit")), "{result:?}");
+        assert!(matches!(result, Err(PolicyError::CpuLimit(_))), "{result:?}");
         assert!(started.elapsed() < Duration::from_secs(5));
     }
 
@@ -542,9 +656,9 @@ mod tests {
 
     #[test]
     fn decision_cache_only_when_declared() {
-        assert!(bundle("package t\nallow := true\n").unwrap().decision_caching().is_none());
+        assert!(!bundle("package t\nallow := true\n").unwrap().caches_decisions());
         let cached = bundle("package t\nallow := true\ncache_decisions := true\n").unwrap();
-        assert!(cached.decision_caching().is_some());
+        assert!(cached.caches_decisions());
         let again = bundle("package t\nallow := true\ncache_decisions := true\n").unwrap();
         assert_ne!(cached.id(), again.id(), "every load is told apart");
     }

@@ -2,6 +2,9 @@
 //! Kubernetes secret (one file per key; hidden `..data` entries are skipped; symlinks are
 //! followed). A key is bound to exactly one algorithm, taken from the key itself, so a token
 //! can never choose how its own signature is checked.
+//!
+//! A file that cannot be read or is not a usable key is reported and skipped: the other keys
+//! load, so a key removed from the directory stops verifying even while a neighbour is bad.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,7 +14,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgo
 use jsonwebtoken::{Algorithm, DecodingKey};
 use sha2::{Digest, Sha256};
 
-use crate::secret_dir;
+use qiria_runtime::secret_dir;
 
 /// One public key, usable for exactly one algorithm.
 pub struct VerifyKey {
@@ -40,10 +43,12 @@ impl std::fmt::Debug for VerifyKey {
 pub struct KeySet {
     keys: BTreeMap<String, Arc<VerifyKey>>,
     fingerprint: String,
+    skipped: Vec<KeyError>,
 }
 
-/// Why a key directory could not be loaded; the previous set keeps serving.
+/// Why a key directory, or one file of it, could not be used.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum KeyError {
     /// The directory or one of its files could not be read.
     #[error("reading {path}: {source}")]
@@ -74,29 +79,51 @@ pub enum KeyError {
 }
 
 impl KeySet {
-    /// Reads every key file in `dir`; any bad file fails the whole load (all or nothing).
+    /// Reads every key file in `dir`. Only an unreadable directory fails the load; a file that
+    /// cannot be read, is not a key, or repeats a kid is skipped and listed in [`Self::skipped`].
     pub fn load_dir(dir: &Path) -> Result<Self, KeyError> {
         let mut keys: BTreeMap<String, Arc<VerifyKey>> = BTreeMap::new();
         let mut hasher = Sha256::new();
-        let files = secret_dir::read(dir, |ext| matches!(ext, "pem" | "pub" | "jwk" | "json" | "jwks"))
-            .map_err(|(path, source)| KeyError::Io { path, source })?;
+        let (files, unreadable) =
+            secret_dir::read_each(dir, |ext| matches!(ext, "pem" | "pub" | "jwk" | "json" | "jwks"))
+                .map_err(|(path, source)| KeyError::Io { path, source })?;
+        let mut skipped: Vec<KeyError> =
+            unreadable.into_iter().map(|(path, source)| KeyError::Io { path, source }).collect();
         for file in files {
             let path = file.path;
             hasher.update(path.file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default());
             hasher.update([0]);
             hasher.update(&*file.bytes);
-            for key in parse_key_file(&path, &file.bytes)? {
+            let parsed = match parse_key_file(&path, &file.bytes) {
+                Ok(parsed) => parsed,
+                Err(e) => {
+                    skipped.push(e);
+                    continue;
+                }
+            };
+            for key in parsed {
                 if let Some(existing) = keys.get(&key.kid) {
-                    return Err(KeyError::DuplicateKid {
+                    skipped.push(KeyError::DuplicateKid {
                         kid: key.kid.clone(),
                         first: existing.source.clone(),
                         second: path.clone(),
                     });
+                    continue;
                 }
                 keys.insert(key.kid.clone(), Arc::new(key));
             }
         }
-        Ok(Self { keys, fingerprint: hex::encode(&hasher.finalize()[..8]) })
+        // Skipped files count in the fingerprint too: a set that loses or regains one is news.
+        for problem in &skipped {
+            hasher.update(problem.to_string().as_bytes());
+            hasher.update([0]);
+        }
+        Ok(Self { keys, fingerprint: hex::encode(&hasher.finalize()[..8]), skipped })
+    }
+
+    /// Files of the directory that were reported and left out.
+    pub fn skipped(&self) -> &[KeyError] {
+        &self.skipped
     }
 
     /// The key with this kid, if the set has it.
@@ -109,7 +136,7 @@ impl KeySet {
         self.keys.len()
     }
 
-    /// True when the directory held no key.
+    /// True when the directory held no usable key.
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }

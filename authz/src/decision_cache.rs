@@ -1,0 +1,151 @@
+//! authz's decision cache: decisions a bundle declared reusable (`cache_decisions := true`)
+//! are kept per verified token, inside the token's own cache entry (one entry for a token and
+//! its decisions), and for requests without a verified token in one bounded cache keyed by why
+//! there is none. Every decision is tagged with the bundle load that took it and a deadline:
+//! after a reload or past the deadline it is never used.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
+use moka::sync::Cache;
+use qiria_identity::{IdentityError, PrehashedKey, TokenHasher, Verified};
+use qiria_policy::PolicyBundle;
+use qiria_runtime::clock::now_secs;
+
+use crate::decision::SharedDecision;
+
+/// What token verification gave, with the token's decision memo when it verified.
+pub type VerifiedToken = Result<Arc<Verified<DecisionMemo>>, IdentityError>;
+
+/// Reusable decisions, for bundles that declare them so.
+pub struct DecisionCache {
+    hasher: TokenHasher,
+    ttl: Duration,
+    anonymous: Cache<u128, SharedDecision, PrehashedKey>,
+}
+
+impl DecisionCache {
+    /// A cache keeping up to `capacity` decisions for requests without a verified token, each
+    /// reusable for `ttl`; `None` when `capacity` is 0 (no decision is ever reused).
+    pub fn new(capacity: u64, ttl: Duration) -> Option<Self> {
+        (capacity > 0).then(|| Self {
+            hasher: TokenHasher::random(),
+            ttl,
+            anonymous: Cache::builder().max_capacity(capacity).time_to_live(ttl).build_with_hasher(PrehashedKey),
+        })
+    }
+
+    /// What a cacheable policy's decision depends on besides the identity: the method and the
+    /// path with its query.
+    pub fn request_key(&self, http: Option<&HttpRequest>) -> u128 {
+        let (method, path) = http.map(|h| (h.method.as_bytes(), h.path.as_bytes())).unwrap_or_default();
+        self.hasher.hash_parts(&[method, path])
+    }
+
+    /// The decision `bundle` took for this request before, if it may be reused.
+    pub fn recall(&self, bundle: &PolicyBundle, identity: &VerifiedToken, key: u128) -> Option<SharedDecision> {
+        match identity {
+            // 64 bits of the keyed hash: a wrong hit needs two of one token's requests to
+            // collide in a PRF whose key nobody outside knows.
+            Ok(token) => token.attached.recall(key as u64, bundle.id(), now_secs()),
+            Err(error) => self.anonymous.get(&self.anonymous_key(bundle, error, key)),
+        }
+    }
+
+    /// Remembers what `bundle` decided for this request.
+    pub fn remember(&self, bundle: &PolicyBundle, identity: &VerifiedToken, key: u128, decision: &SharedDecision) {
+        match identity {
+            Ok(token) => {
+                let until = now_secs().saturating_add(self.ttl.as_secs());
+                token.attached.remember(key as u64, bundle.id(), until, decision.clone());
+            }
+            Err(error) => self.anonymous.insert(self.anonymous_key(bundle, error, key), decision.clone()),
+        }
+    }
+
+    fn anonymous_key(&self, bundle: &PolicyBundle, error: &IdentityError, key: u128) -> u128 {
+        self.hasher.hash_parts(&[&bundle.id().to_le_bytes(), error.code().as_bytes(), &key.to_le_bytes()])
+    }
+}
+
+/// How many decisions one verified token remembers. Clients repeat a few calls; every slot
+/// costs memory on every cached token, and 100,000 of them must fit in a small pod.
+const MEMO_SLOTS: usize = 2;
+
+/// The last decisions taken for one verified token, kept inside its cache entry so that a
+/// cached token and its decisions cost one cache entry, not two. Each is tagged with the
+/// bundle that took it and a deadline: after a reload or past the deadline it is never used.
+#[derive(Debug, Default)]
+pub struct DecisionMemo(Mutex<[Option<Remembered>; MEMO_SLOTS]>);
+
+/// 32 bytes: the bundle id and the deadline are kept in 32 bits. A bundle id repeats only
+/// after 2^32 reloads, which no cached token lives to see; seconds fit until 2106.
+#[derive(Debug)]
+struct Remembered {
+    request: u64,
+    decision: SharedDecision,
+    bundle: u32,
+    until: u32,
+}
+
+impl DecisionMemo {
+    /// The decision taken for `request` (a keyed hash of what the decision depends on besides
+    /// the token) by bundle `bundle`, if it is still fresh at `now` (seconds).
+    pub fn recall(&self, request: u64, bundle: u64, now: u64) -> Option<SharedDecision> {
+        let (bundle, now) = (bundle as u32, u32::try_from(now).ok()?);
+        let slots = self.0.lock().ok()?;
+        let hit = slots.iter().flatten().find(|r| r.request == request && r.bundle == bundle && now < r.until);
+        hit.map(|r| r.decision.clone())
+    }
+
+    /// Remembers `decision` until `until` (seconds), in place of the least useful slot: an
+    /// empty one, one of an older bundle, else the one closest to its deadline.
+    pub fn remember(&self, request: u64, bundle: u64, until: u64, decision: SharedDecision) {
+        // A poisoned lock only costs the memo: the decision was taken and is returned anyway.
+        let (bundle, Ok(until)) = (bundle as u32, u32::try_from(until)) else { return };
+        let Ok(mut slots) = self.0.lock() else { return };
+        let worth = |slot: &Option<Remembered>| match slot {
+            Some(r) if r.bundle == bundle => r.until,
+            _ => 0,
+        };
+        if let Some(slot) = slots.iter_mut().min_by_key(|slot| worth(slot)) {
+            *slot = Some(Remembered { request, decision, bundle, until });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decision::Decision;
+
+    #[test]
+    fn memo_forgets_at_the_deadline_and_across_bundles() {
+        let memo = DecisionMemo::default();
+        let allow = SharedDecision::new(Decision { allowed: true, ..Decision::default() });
+        memo.remember(7, 1, 100, allow.clone());
+        assert_eq!(memo.recall(7, 1, 99).as_deref(), Some(&*allow));
+        assert!(matches!(allow, SharedDecision::Plain(_)), "a plain allow is the static one");
+        assert!(memo.recall(7, 1, 100).is_none(), "past its deadline");
+        assert!(memo.recall(7, 2, 99).is_none(), "taken by another bundle");
+        assert!(memo.recall(8, 1, 99).is_none(), "another request");
+        assert_eq!(std::mem::size_of::<Remembered>(), 32, "every cached token carries these");
+    }
+
+    #[test]
+    fn memo_replaces_older_bundles_first_then_the_nearest_deadline() {
+        let memo = DecisionMemo::default();
+        let d = |allowed| SharedDecision::new(Decision { allowed, http_status: Some(418), ..Decision::default() });
+        memo.remember(1, 1, 500, d(true));
+        memo.remember(2, 2, 100, d(true));
+        // Slot of bundle 1 is worth nothing to bundle 2: it goes first.
+        memo.remember(3, 2, 300, d(false));
+        assert!(memo.recall(1, 1, 0).is_none());
+        assert!(memo.recall(2, 2, 0).is_some() && memo.recall(3, 2, 0).is_some());
+        // Both slots are bundle 2's now: the one due first (request 2) is replaced.
+        memo.remember(4, 2, 400, d(true));
+        assert!(memo.recall(2, 2, 0).is_none());
+        assert!(memo.recall(3, 2, 0).is_some() && memo.recall(4, 2, 0).is_some());
+    }
+}

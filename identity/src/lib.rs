@@ -1,0 +1,16 @@
+//! Bearer-token verification for every Qiria service that must know who calls it: the key
+//! set from a mounted secret (`keys`), RS256/ES256 verification with its bounded cache of
+//! verified tokens (`verify`), the typed reasons a token is refused (`error`), and the keyed
+//! hashing caches file entries under (`hash`).
+//!
+//! It holds public keys only, and knows nothing of policies, Envoy or databases.
+
+mod error;
+mod hash;
+mod keys;
+mod verify;
+
+pub use error::IdentityError;
+pub use hash::{PassThrough, PrehashedKey, TokenHasher};
+pub use keys::{KeyError, KeySet, VerifyKey};
+pub use verify::{bearer_token, Identity, TokenVerifier, Verified, VerifierSettings, MAX_LEEWAY_SECS};

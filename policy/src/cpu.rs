@@ -1,0 +1,39 @@
+//! The calling thread's own CPU time, which tells a policy that ran long from a thread that
+//! was not running (descheduled, CFS-throttled). Linux's `CLOCK_THREAD_CPUTIME_ID` through
+//! libc: one vDSO-less syscall per evaluation that hit the wall-clock limit, never on the
+//! fast path. (The `cpu-time` crate wraps the same call but is unmaintained since 2020.)
+
+use std::time::Duration;
+
+/// CPU time this thread has used since it started. Zero if the clock cannot be read: every
+/// limit hit then looks like a stall, is retried until the deadline, and still denies.
+pub(crate) fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, exclusively borrowed timespec for the duration of the call.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(u64::try_from(ts.tv_sec).unwrap_or(0), u32::try_from(ts.tv_nsec).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::thread_cpu_time;
+
+    #[test]
+    fn grows_with_work_not_with_sleep() {
+        let start = thread_cpu_time();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let slept = thread_cpu_time() - start;
+        let mut x = 0u64;
+        let begin = std::time::Instant::now();
+        while begin.elapsed() < std::time::Duration::from_millis(30) {
+            x = x.wrapping_mul(31).wrapping_add(1);
+        }
+        std::hint::black_box(x);
+        let worked = thread_cpu_time() - start - slept;
+        assert!(slept < std::time::Duration::from_millis(20), "sleeping used {slept:?} of CPU");
+        assert!(worked >= std::time::Duration::from_millis(10), "spinning used only {worked:?}");
+    }
+}

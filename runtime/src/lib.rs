@@ -1,0 +1,20 @@
+//! What every Qiria service needs and none of them owns: strict layered configuration
+//! (`config`), logging setup (`logging`), the admin server with `/metrics` and `/health`
+//! (`admin`, `health`), typed audit events and their sink (`audit`), graceful shutdown
+//! (`shutdown`), one clock (`clock`), mounted-secret directories (`secret_dir`) and keeping
+//! their consumers fresh (`watch`), accepted connections without Nagle (`net`), and per-thread
+//! slots for striped data (`thread_slot`).
+//!
+//! Nothing here knows a service's domain: no tokens, policies, users or Envoy types.
+
+pub mod admin;
+pub mod audit;
+pub mod clock;
+pub mod config;
+pub mod health;
+pub mod logging;
+pub mod net;
+pub mod secret_dir;
+pub mod shutdown;
+pub mod thread_slot;
+pub mod watch;
