@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 use figment::Figment;
+use qiria_identity::VerifierArgs;
 use qiria_policy::{BundleOptions, PolicyBundle, Value};
-use qiria_runtime::config::{LogFormat, Overrides};
+use qiria_runtime::config::{LogArgs, Overrides};
 
 use crate::decision::Decision;
 
@@ -60,31 +61,19 @@ pub struct ServeArgs {
     /// Parse policies with Rego v0 syntax.
     #[arg(long)]
     pub rego_v0: bool,
-    /// Directory of verification keys (PEM / JWK / JWKS), e.g. a mounted secret.
-    #[arg(long)]
-    pub keys_dir: Option<PathBuf>,
-    /// Accepted token issuer (repeat for several) [default: https://qiria.local].
-    #[arg(long = "issuer")]
-    pub issuers: Vec<String>,
-    /// Accepted token audience (repeat for several) [default: qiria].
-    #[arg(long = "audience")]
-    pub audiences: Vec<String>,
-    /// Clock-skew leeway for exp/nbf in seconds, at most 60 [default: 30].
-    #[arg(long)]
-    pub leeway_secs: Option<u64>,
-    /// Log format [default: json].
-    #[arg(long, value_enum)]
-    pub log_format: Option<LogFormat>,
-    /// Log filter, e.g. `info` or `qiria::decision=warn,info` [default: info].
-    #[arg(long)]
-    pub log_level: Option<String>,
+    /// Token verification.
+    #[command(flatten)]
+    pub verifier: VerifierArgs,
+    /// Logging.
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 impl ServeArgs {
     /// The flags that were given, as a figment layer.
     pub fn overrides(&self) -> Figment {
         let p = |v: &Option<PathBuf>| v.as_ref().map(|p| p.display().to_string());
-        Overrides::default()
+        let own = Overrides::default()
             .set("server.grpc_addr", self.grpc_addr.clone())
             .set("server.admin_addr", self.admin_addr.clone())
             .set("server.tls_cert", p(&self.tls_cert))
@@ -92,14 +81,8 @@ impl ServeArgs {
             .set("server.tls_client_ca", p(&self.tls_client_ca))
             .set("policy.dir", p(&self.policy_dir))
             .set("policy.decision_rule", self.decision_rule.clone())
-            .set("policy.rego_v0", self.rego_v0.then_some(true))
-            .set("jwt.keys_dir", p(&self.keys_dir))
-            .set("jwt.issuers", (!self.issuers.is_empty()).then(|| self.issuers.clone()))
-            .set("jwt.audiences", (!self.audiences.is_empty()).then(|| self.audiences.clone()))
-            .set("jwt.leeway_secs", self.leeway_secs)
-            .set("log.format", self.log_format.map(|f| f.name()))
-            .set("log.level", self.log_level.clone())
-            .into_figment()
+            .set("policy.rego_v0", self.rego_v0.then_some(true));
+        self.log.apply(self.verifier.apply(own)).into_figment()
     }
 }
 

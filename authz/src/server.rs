@@ -6,9 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
-use qiria_identity::{KeySet, TokenVerifier};
-use qiria_policy::{LivePolicy, Reload};
-use qiria_runtime::audit::{self, AuditEvent};
+use qiria_identity::{KeyReload, TokenVerifier};
+use qiria_policy::LivePolicy;
 use qiria_runtime::health::ComponentStatus;
 use qiria_runtime::shutdown::Shutdown;
 use qiria_runtime::watch::watch_dir;
@@ -61,68 +60,28 @@ impl Service {
     pub fn reload_policy(&self) {
         let outcome = self.policy.reload();
         let mut health = self.health();
-        match outcome {
-            Reload::Unchanged => return,
-            Reload::Activated { revision, previous, files } => {
-                audit::record(AuditEvent::PolicyActivated {
-                    revision: &revision,
-                    previous: previous.as_deref(),
-                    files,
-                });
-                health.policy = ComponentStatus::activated(revision, files);
-                self.metrics.policy_reloads.get_or_create(&reload_result("ok")).inc();
-            }
-            Reload::Rejected { error } => {
-                audit::record(AuditEvent::PolicyRejected { error: &error });
-                health.policy.last_error = Some(error);
-                self.metrics.policy_reloads.get_or_create(&reload_result("rejected")).inc();
-            }
-        }
+        let Some(ok) = outcome.record(&mut health.policy) else { return };
+        self.metrics.policy_reloads.get_or_create(&reload_result(if ok { "ok" } else { "rejected" })).inc();
         self.report(&health);
     }
 
     /// Re-reads the key directory. Files that cannot be used are reported and skipped; only an
     /// unreadable directory leaves the previous key set serving.
     pub fn reload_keys(&self) {
-        let dir = &self.config.jwt.keys_dir;
-        let result = KeySet::load_dir(dir);
         let mut health = self.health();
-        match result {
-            Ok(keys) => {
-                let skipped = (!keys.skipped().is_empty())
-                    .then(|| keys.skipped().iter().map(ToString::to_string).collect::<Vec<_>>().join("; "));
-                if health.keys.active.as_deref() == Some(keys.fingerprint()) {
-                    if health.keys.last_error.is_some() && skipped.is_none() {
-                        info!(dir = %dir.display(), "key directory readable again; key set unchanged");
-                        health.keys.last_error = None;
-                    }
-                    return;
-                }
-                audit::record(AuditEvent::KeySetActivated {
-                    fingerprint: keys.fingerprint(),
-                    kids: keys.kids().collect(),
-                });
-                if let Some(skipped) = &skipped {
-                    audit::record(AuditEvent::KeySetRejected { error: skipped });
-                }
-                let result = if skipped.is_some() { "partial" } else { "ok" };
-                health.keys = ComponentStatus {
-                    last_error: skipped,
-                    ..ComponentStatus::activated(keys.fingerprint(), keys.len())
-                };
-                self.metrics.keys_loaded.set(keys.len() as i64);
-                self.verifier.set_keys(keys);
-                self.metrics.key_reloads.get_or_create(&reload_result(result)).inc();
-            }
-            Err(error) => {
-                let error = error.to_string();
-                if health.keys.last_error.as_deref() != Some(error.as_str()) {
-                    audit::record(AuditEvent::KeySetRejected { error: &error });
-                    self.metrics.key_reloads.get_or_create(&reload_result("rejected")).inc();
-                    health.keys.last_error = Some(error);
+        let result = match self.verifier.reload_keys(&self.config.jwt.keys_dir, &mut health.keys) {
+            KeyReload::Unchanged => return,
+            KeyReload::Activated { keys, partial } => {
+                self.metrics.keys_loaded.set(i64::try_from(keys).unwrap_or(i64::MAX));
+                if partial {
+                    "partial"
+                } else {
+                    "ok"
                 }
             }
-        }
+            KeyReload::Rejected => "rejected",
+        };
+        self.metrics.key_reloads.get_or_create(&reload_result(result)).inc();
         self.report(&health);
     }
 

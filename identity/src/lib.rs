@@ -13,4 +13,6 @@ mod verify;
 pub use error::IdentityError;
 pub use hash::{PassThrough, PrehashedKey, TokenHasher};
 pub use keys::{KeyError, KeySet, VerifyKey};
-pub use verify::{bearer_token, Identity, TokenVerifier, Verified, VerifierSettings, MAX_LEEWAY_SECS};
+pub use verify::{
+    bearer_token, Identity, KeyReload, TokenVerifier, Verified, VerifierArgs, VerifierSettings, MAX_LEEWAY_SECS,
+};

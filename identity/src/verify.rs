@@ -17,7 +17,10 @@ use arc_swap::ArcSwap;
 use base64::Engine as _;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
+use qiria_runtime::audit::{self, AuditEvent};
 use qiria_runtime::clock::now_secs;
+use qiria_runtime::config::Overrides;
+use qiria_runtime::health::ComponentStatus;
 use quick_cache::sync::Cache;
 use quick_cache::UnitWeighter;
 use serde::{Deserialize, Serialize};
@@ -61,6 +64,35 @@ impl Default for VerifierSettings {
     }
 }
 
+/// The flags of a service that verifies tokens, over its `[jwt]` section.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct VerifierArgs {
+    /// Directory of verification keys (PEM / JWK / JWKS), e.g. a mounted secret.
+    #[arg(long)]
+    pub keys_dir: Option<std::path::PathBuf>,
+    /// Accepted token issuer (repeat for several) [default: https://qiria.local].
+    #[arg(long = "issuer")]
+    pub issuers: Vec<String>,
+    /// Accepted token audience (repeat for several) [default: qiria].
+    #[arg(long = "audience")]
+    pub audiences: Vec<String>,
+    /// Clock-skew leeway for exp/nbf in seconds, at most 60 [default: 30].
+    #[arg(long)]
+    pub leeway_secs: Option<u64>,
+}
+
+impl VerifierArgs {
+    /// Adds the flags that were given to `overrides` (keys under `jwt.`).
+    pub fn apply(&self, overrides: Overrides) -> Overrides {
+        let list = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
+        overrides
+            .set("jwt.keys_dir", self.keys_dir.as_ref().map(|p| p.display().to_string()))
+            .set("jwt.issuers", list(&self.issuers))
+            .set("jwt.audiences", list(&self.audiences))
+            .set("jwt.leeway_secs", self.leeway_secs)
+    }
+}
+
 impl VerifierSettings {
     /// The first setting out of range, as (field, reason).
     pub fn invalid(&self) -> Option<(&'static str, &'static str)> {
@@ -78,6 +110,22 @@ impl VerifierSettings {
             None
         }
     }
+}
+
+/// What [`TokenVerifier::reload_keys`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyReload {
+    /// Nothing new.
+    Unchanged,
+    /// A new key set verifies; `partial` when some files were skipped.
+    Activated {
+        /// Keys in the set.
+        keys: usize,
+        /// Some files were reported and skipped.
+        partial: bool,
+    },
+    /// The directory could not be read; the previous set keeps verifying.
+    Rejected,
 }
 
 /// A verified token: who it names and what it grants. One lives in the cache per token, so
@@ -167,6 +215,41 @@ impl<A: Default> TokenVerifier<A> {
         // Entries are re-checked against the live set on every hit; dropping them all just
         // returns the memory now instead of at expiry.
         self.cache.clear();
+    }
+
+    /// Re-reads the key directory `dir` and swaps in what it holds, audited and written into
+    /// the keys' `/health` status. Files that cannot be used are reported and skipped; only an
+    /// unreadable directory leaves the previous key set verifying.
+    pub fn reload_keys(&self, dir: &std::path::Path, status: &mut ComponentStatus) -> KeyReload {
+        let keys = match KeySet::load_dir(dir) {
+            Ok(keys) => keys,
+            Err(error) => {
+                let error = error.to_string();
+                if status.last_error.as_deref() == Some(error.as_str()) {
+                    return KeyReload::Unchanged;
+                }
+                audit::record(AuditEvent::KeySetRejected { error: &error });
+                status.last_error = Some(error);
+                return KeyReload::Rejected;
+            }
+        };
+        let skipped = (!keys.skipped().is_empty())
+            .then(|| keys.skipped().iter().map(ToString::to_string).collect::<Vec<_>>().join("; "));
+        if status.active.as_deref() == Some(keys.fingerprint()) {
+            // The same files as before; a directory that was unreadable is readable again.
+            if skipped.is_none() {
+                status.last_error = None;
+            }
+            return KeyReload::Unchanged;
+        }
+        audit::record(AuditEvent::KeySetActivated { fingerprint: keys.fingerprint(), kids: keys.kids().collect() });
+        if let Some(skipped) = &skipped {
+            audit::record(AuditEvent::KeySetRejected { error: skipped });
+        }
+        let outcome = KeyReload::Activated { keys: keys.len(), partial: skipped.is_some() };
+        *status = ComponentStatus { last_error: skipped, ..ComponentStatus::activated(keys.fingerprint(), keys.len()) };
+        self.set_keys(keys);
+        outcome
     }
 
     /// Number of verified tokens in the cache.

@@ -8,7 +8,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use figment::Figment;
-use qiria_runtime::config::{LogFormat, Overrides};
+use qiria_identity::VerifierArgs;
+use qiria_runtime::config::{LogArgs, Overrides};
 
 /// Qiria issuer: short-lived access tokens, rotating refresh tokens, users sealed at rest,
 /// and an admin API that verifies and authorizes its callers itself.
@@ -58,52 +59,39 @@ pub struct ServeArgs {
     /// Directory of signing keys (PKCS#8 PEM, `active` file names the signing kid).
     #[arg(long)]
     pub signing_keys_dir: Option<PathBuf>,
-    /// Directory of verification keys (where the signing keys' public halves are published).
-    #[arg(long)]
-    pub keys_dir: Option<PathBuf>,
     /// Policy directory authorizing admin API calls [default: policies/rego].
     #[arg(long)]
     pub policy_dir: Option<PathBuf>,
-    /// Accepted and issued token issuer (repeat to accept several) [default: https://qiria.local].
-    #[arg(long = "issuer")]
-    pub issuers: Vec<String>,
-    /// Accepted and issued token audience (repeat to accept several) [default: qiria].
-    #[arg(long = "audience")]
-    pub audiences: Vec<String>,
+    /// Verification of admin callers' tokens; the keys directory is also where the signing
+    /// keys' public halves must be published. The first issuer and audience are stamped into
+    /// issued tokens.
+    #[command(flatten)]
+    pub verifier: VerifierArgs,
     /// Database: sqlite://FILE or postgres://… [default: sqlite://.stack/qiria.db].
     #[arg(long)]
     pub database_url: Option<String>,
     /// Master keys sealing personal data at rest [default: .stack/master-keys].
     #[arg(long)]
     pub master_keys_dir: Option<PathBuf>,
-    /// Log format [default: json].
-    #[arg(long, value_enum)]
-    pub log_format: Option<LogFormat>,
-    /// Log filter, e.g. `info` or `qiria::audit=info,warn` [default: info].
-    #[arg(long)]
-    pub log_level: Option<String>,
+    /// Logging.
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 impl ServeArgs {
     /// The flags that were given, as a figment layer.
     pub fn overrides(&self) -> Figment {
         let p = |v: &Option<PathBuf>| v.as_ref().map(|p| p.display().to_string());
-        let list = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
-        Overrides::default()
+        let own = Overrides::default()
             .set("server.token_addr", self.token_addr.clone())
             .set("server.admin_api_addr", self.admin_api_addr.clone())
             .set("server.admin_addr", self.admin_addr.clone())
-            .set("server.trusted_proxies", list(&self.trusted_proxies))
+            .set("server.trusted_proxies", (!self.trusted_proxies.is_empty()).then(|| self.trusted_proxies.clone()))
             .set("tokens.signing_keys_dir", p(&self.signing_keys_dir))
-            .set("jwt.keys_dir", p(&self.keys_dir))
             .set("policy.dir", p(&self.policy_dir))
-            .set("jwt.issuers", list(&self.issuers))
-            .set("jwt.audiences", list(&self.audiences))
             .set("store.database_url", self.database_url.clone())
-            .set("store.master_keys_dir", p(&self.master_keys_dir))
-            .set("log.format", self.log_format.map(|f| f.name()))
-            .set("log.level", self.log_level.clone())
-            .into_figment()
+            .set("store.master_keys_dir", p(&self.master_keys_dir));
+        self.log.apply(self.verifier.apply(own)).into_figment()
     }
 }
 

@@ -10,8 +10,8 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use qiria_identity::{KeySet, TokenVerifier};
-use qiria_policy::{LivePolicy, Reload};
+use qiria_identity::{KeyReload, TokenVerifier};
+use qiria_policy::LivePolicy;
 use qiria_runtime::audit::{self, AuditEvent};
 use qiria_runtime::health::ComponentStatus;
 use qiria_runtime::shutdown::Shutdown;
@@ -69,57 +69,17 @@ impl Service {
     }
 
     fn reload_keys(&self) {
-        match KeySet::load_dir(&self.config.jwt.keys_dir) {
-            Ok(keys) => {
-                let skipped = (!keys.skipped().is_empty())
-                    .then(|| keys.skipped().iter().map(ToString::to_string).collect::<Vec<_>>().join("; "));
-                let mut health = self.health();
-                if health.keys.active.as_deref() == Some(keys.fingerprint()) {
-                    return;
-                }
-                audit::record(AuditEvent::KeySetActivated {
-                    fingerprint: keys.fingerprint(),
-                    kids: keys.kids().collect(),
-                });
-                health.keys = ComponentStatus {
-                    last_error: skipped,
-                    ..ComponentStatus::activated(keys.fingerprint(), keys.len())
-                };
-                self.keys_loaded.set(i64::try_from(keys.len()).unwrap_or(i64::MAX));
-                self.verifier.set_keys(keys);
-            }
-            Err(e) => {
-                let error = e.to_string();
-                let mut health = self.health();
-                if health.keys.last_error.as_deref() != Some(error.as_str()) {
-                    audit::record(AuditEvent::KeySetRejected { error: &error });
-                    health.keys.last_error = Some(error);
-                }
-                return;
-            }
+        let outcome = self.verifier.reload_keys(&self.config.jwt.keys_dir, &mut self.health().keys);
+        if let KeyReload::Activated { keys, .. } = outcome {
+            self.keys_loaded.set(i64::try_from(keys).unwrap_or(i64::MAX));
+            // A signing key held back until its public half was published may take over now.
+            self.reload_signing();
         }
-        // A signing key held back until its public half was published may take over now.
-        self.reload_signing();
     }
 
     fn reload_policy(&self) {
         let outcome = self.policy.reload();
-        let mut health = self.health();
-        match outcome {
-            Reload::Unchanged => {}
-            Reload::Activated { revision, previous, files } => {
-                audit::record(AuditEvent::PolicyActivated {
-                    revision: &revision,
-                    previous: previous.as_deref(),
-                    files,
-                });
-                health.policy = ComponentStatus::activated(revision, files);
-            }
-            Reload::Rejected { error } => {
-                audit::record(AuditEvent::PolicyRejected { error: &error });
-                health.policy.last_error = Some(error);
-            }
-        }
+        outcome.record(&mut self.health().policy);
     }
 
     /// A key signs only once the verification keys accept its signatures: made active before

@@ -236,7 +236,7 @@ fn parsed_path(path: &str) -> Result<Value, InputError> {
         .map(Value::from)
 }
 
-/// `name → [values]`, in order of appearance.
+/// `name → [values]` of a query string or urlencoded form, in order of appearance.
 fn parsed_query(query: &str) -> Value {
     multi_map(form_urlencoded::parse(query.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())))
 }
@@ -260,7 +260,7 @@ fn parsed_body(headers: &HashMap<String, String>, body: &str) -> Option<Value> {
     if mime == "application/json" || mime.ends_with("+json") {
         Value::from_json_str(body).ok()
     } else if mime == "application/x-www-form-urlencoded" {
-        Some(multi_map(form_urlencoded::parse(body.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned()))))
+        Some(parsed_query(body))
     } else if mime == "multipart/form-data" {
         multipart_fields(content_type, body)
     } else {

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwapOption, Guard};
+use qiria_runtime::audit::{self, AuditEvent};
+use qiria_runtime::health::ComponentStatus;
 
 use crate::bundle::{dir_fingerprint, BundleOptions, PolicyBundle};
 
@@ -28,6 +30,26 @@ pub enum Reload {
         /// Why.
         error: String,
     },
+}
+
+impl Reload {
+    /// Audits what the reload did and writes it into the policy's `/health` status; `Some(ok)`
+    /// when there was news (for the reload metric).
+    pub fn record(&self, status: &mut ComponentStatus) -> Option<bool> {
+        match self {
+            Self::Unchanged => None,
+            Self::Activated { revision, previous, files } => {
+                audit::record(AuditEvent::PolicyActivated { revision, previous: previous.as_deref(), files: *files });
+                *status = ComponentStatus::activated(revision.clone(), *files);
+                Some(true)
+            }
+            Self::Rejected { error } => {
+                audit::record(AuditEvent::PolicyRejected { error });
+                status.last_error = Some(error.clone());
+                Some(false)
+            }
+        }
+    }
 }
 
 /// The live bundle of one policy directory.

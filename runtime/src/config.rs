@@ -68,6 +68,24 @@ impl Overrides {
     }
 }
 
+/// The `--log-format` / `--log-level` flags every service takes, over its `[log]` section.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct LogArgs {
+    /// Log format [default: json].
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Log filter, e.g. `info` or `qiria::decision=warn,info` [default: info].
+    #[arg(long)]
+    pub log_level: Option<String>,
+}
+
+impl LogArgs {
+    /// Adds the flags that were given to `overrides`.
+    pub fn apply(&self, overrides: Overrides) -> Overrides {
+        overrides.set("log.format", self.log_format.map(|f| f.name())).set("log.level", self.log_level.clone())
+    }
+}
+
 /// Log format and level, the same section in every service.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
