@@ -268,6 +268,16 @@ async fn lockout_and_rate_limits() {
     assert_eq!(limited.headers().get("retry-after").unwrap(), "60");
     assert_eq!(limited.json::<serde_json::Value>().await.unwrap()["error"], "slow_down");
     assert!(stack.issuer().output().contains("rate_limited"));
+
+    // Revocation has its own limit per address: still open after the token endpoint's was used
+    // up, closed past its own 20.
+    let revoke = || client.post(stack.envoy.url("/v1/auth/revoke")).form(&[("token", "not-a-token")]).send();
+    assert_eq!(revoke().await.unwrap().status(), 200, "its own bucket");
+    let mut statuses = Vec::new();
+    for _ in 0..25 {
+        statuses.push(revoke().await.unwrap().status().as_u16());
+    }
+    assert!(statuses.contains(&429), "revocation is rate limited too: {statuses:?}");
 }
 
 #[tokio::test]
