@@ -45,7 +45,7 @@ async fn opa_envoy_policy_decides_the_same_here() {
         |body: &'static str| client.post(stack.envoy.url("/people")).header(json[0].0, json[0].1).body(body).send();
     assert_eq!(post(r#"{"firstname":"Ada"}"#).await.unwrap().status(), 200);
     assert_eq!(post(r#"{"firstname":""}"#).await.unwrap().status(), 403);
-    assert_eq!(post("{not json").await.unwrap().status(), 403, "an unparsable body gives no parsed_body");
+    assert_eq!(post("{not json").await.unwrap().status(), 403, "an unparsable body gives a null parsed_body");
 
     // A policy-chosen status and body.
     let reply = stack.send(Http1, "GET", "/people?slow=1", None, &[]).await;

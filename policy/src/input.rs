@@ -76,11 +76,11 @@ impl InputDocument {
         let mut root = ObjectBuilder::default();
         root.put("parsed_path", parsed_path(path)?);
         root.put("parsed_query", parsed_query(query));
-        if !truncated {
-            if let Some(parsed) = body_text(http).and_then(|b| parsed_body(http.headers, &b)) {
-                root.put("parsed_body", parsed);
-            }
-        }
+        // Always present, as in OPA-Envoy: `null` when there is nothing to parse, the type is
+        // not one we parse, the body was cut, or it does not parse (where OPA-Envoy fails the
+        // whole request, the policy decides on `null`).
+        let parsed = if truncated { None } else { body_text(http).and_then(|b| parsed_body(http.headers, &b)) };
+        root.put("parsed_body", parsed.unwrap_or(Value::Null));
         root.put("truncated_body", Value::Bool(truncated));
         root.put("version", ObjectBuilder::default().with("encoding", "protojson").with("ext_authz", "v3").build());
         let mut request = ObjectBuilder::default();
@@ -268,22 +268,29 @@ fn parsed_body(headers: &HashMap<String, String>, body: &str) -> Option<Value> {
     }
 }
 
-/// Text fields of a multipart form (`name → [values]`); file parts are left out.
+/// A multipart form as OPA-Envoy presents it: `name → [values]`, file parts with their
+/// content as text, parts sent as `application/json` parsed.
 fn multipart_fields(content_type: &str, body: &str) -> Option<Value> {
     let boundary = multer::parse_boundary(content_type).ok()?;
     let data = bytes::Bytes::copy_from_slice(body.as_bytes());
     let stream = futures_util::stream::once(async move { Ok::<_, std::convert::Infallible>(data) });
     let mut multipart = multer::Multipart::new(stream, boundary);
-    let mut pairs = Vec::new();
+    let mut map: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     // The whole body is already in memory, so every future here is ready at once.
     while let Some(field) = multipart.next_field().now_or_never()?.ok()? {
-        let (name, is_file) = (field.name().map(str::to_string), field.file_name().is_some());
+        let name = field.name().map(str::to_string);
+        let json = field.content_type().is_some_and(|m| m.essence_str() == "application/json");
         let text = field.text().now_or_never()?.ok()?;
-        if let (Some(name), false) = (name, is_file) {
-            pairs.push((name, text));
+        let value = if json { Value::from_json_str(&text).ok()? } else { Value::from(text) };
+        if let Some(name) = name {
+            map.entry(name).or_default().push(value);
         }
     }
-    Some(multi_map(pairs.into_iter()))
+    let mut o = ObjectBuilder::default();
+    for (k, values) in map {
+        o.put(&k, Value::from(values));
+    }
+    Some(o.build())
 }
 
 /// A small builder for Rego objects with string keys.
@@ -372,22 +379,28 @@ mod tests {
         let input =
             document("POST", "/", &[("content-type", "application/json"), (PARTIAL_BODY_HEADER, "true")], "{\"a\":");
         assert_eq!(input["truncated_body"], true);
-        assert!(input.get("parsed_body").is_none());
+        assert_eq!(input["parsed_body"], serde_json::Value::Null, "present, and null");
     }
 
     #[test]
     fn form_and_multipart_bodies_are_parsed() {
         let input = document("POST", "/", &[("content-type", "application/x-www-form-urlencoded")], "a=1&a=2&b=x+y");
         assert_eq!(input["parsed_body"], serde_json::json!({"a": ["1", "2"], "b": ["x y"]}));
-        let body = "--XX\r\nContent-Disposition: form-data; name=\"flow\"\r\n\r\nnightly\r\n--XX\r\nContent-Disposition: form-data; name=\"f\"; filename=\"s.py\"\r\n\r\nprint(1)\r\n--XX--\r\n";
+        let body = "--XX\r\nContent-Disposition: form-data; name=\"flow\"\r\n\r\nnightly\r\n--XX\r\nContent-Disposition: form-data; name=\"f\"; filename=\"s.py\"\r\n\r\nprint(1)\r\n--XX\r\nContent-Disposition: form-data; name=\"meta\"\r\nContent-Type: application/json\r\n\r\n{\"n\": 2}\r\n--XX--\r\n";
         let input = document("POST", "/", &[("content-type", "multipart/form-data; boundary=XX")], body);
-        assert_eq!(input["parsed_body"], serde_json::json!({"flow": ["nightly"]}));
+        assert_eq!(
+            input["parsed_body"],
+            serde_json::json!({"flow": ["nightly"], "f": ["print(1)"], "meta": [{"n": 2}]}),
+            "file parts with their content, JSON parts parsed"
+        );
     }
 
     #[test]
     fn invalid_json_body_gives_no_parsed_body_and_bad_utf8_path_is_an_error() {
         let input = document("POST", "/", &[("content-type", "application/json")], "{nope");
-        assert!(input.get("parsed_body").is_none());
+        assert_eq!(input["parsed_body"], serde_json::Value::Null);
+        let input = document("GET", "/", &[], "");
+        assert_eq!(input["parsed_body"], serde_json::Value::Null, "no body: null, not absent");
         let headers = HashMap::new();
         let bad = HttpRequest {
             id: "",
