@@ -11,7 +11,7 @@ const AUTHZ: &str = env!("CARGO_BIN_EXE_authz");
 const CASES: &[(&[&str], Protocol, &str, &str, bool)] = &[
     (&["User"], Grpc, "POST", "/qiria.jobs.v1.JobService/SubmitScript", true),
     (&["User"], Grpc, "POST", "/qiria.jobs.v1.JobService/TriggerFlow", true),
-    (&["User"], Grpc, "POST", "/qiria.jobs.v1.JobService/ListAllJobs", false),
+    (&["User"], Grpc, "POST", "/qiria.jobs.v1.JobService/ListJobs", true),
     (&["User"], Grpc, "POST", "/qiria.admin.v1.UserService/CreateUser", false),
     (&["User"], Grpc, "POST", "/qiria.admin.v1.KeyService/RotateKeys", false),
     (&["User"], Http1, "POST", "/v1/jobs/scripts", true),
@@ -20,7 +20,8 @@ const CASES: &[(&[&str], Protocol, &str, &str, bool)] = &[
     (&["User"], Http1, "GET", "/v1/audit/events", false),
     (&["User"], Http1, "POST", "/v1/flows/prod/nightly/executions", true),
     (&["Auditor"], Grpc, "POST", "/qiria.audit.v1.AuditService/ListEvents", true),
-    (&["Auditor"], Grpc, "POST", "/qiria.jobs.v1.JobService/ListAllJobs", true),
+    (&["Auditor"], Grpc, "POST", "/qiria.jobs.v1.JobService/ListJobs", true),
+    (&["Auditor"], Grpc, "POST", "/qiria.jobs.v1.JobService/CancelJob", false),
     (&["Auditor"], Grpc, "POST", "/qiria.jobs.v1.JobService/SubmitScript", false),
     (&["Auditor"], Http1, "GET", "/v1/audit/events", true),
     (&["Auditor"], Http1, "POST", "/v1/jobs/scripts", false),

@@ -104,6 +104,24 @@ pub enum AuditEvent<'a> {
         /// Client address.
         client_ip: &'a str,
     },
+    /// A job was accepted by the worker-gateway.
+    JobSubmitted {
+        /// The job id.
+        job: &'a str,
+        /// Its owner (verified subject).
+        owner: &'a str,
+        /// `flow` or `script`.
+        kind: &'a str,
+    },
+    /// A job was cancelled.
+    JobCancelled {
+        /// The job id.
+        job: &'a str,
+        /// Its owner.
+        owner: &'a str,
+        /// Who cancelled it.
+        by: &'a str,
+    },
     /// An admin API call was carried out.
     AdminAction {
         /// The verified subject who asked.
@@ -161,6 +179,12 @@ pub fn record(event: AuditEvent<'_>) {
         }
         AuditEvent::TokenRevoked { user, revoked, client_ip } => {
             info!(target: "qiria::audit", event = "token_revoked", user, revoked, client_ip)
+        }
+        AuditEvent::JobSubmitted { job, owner, kind } => {
+            info!(target: "qiria::audit", event = "job_submitted", job, owner, kind)
+        }
+        AuditEvent::JobCancelled { job, owner, by } => {
+            info!(target: "qiria::audit", event = "job_cancelled", job, owner, by)
         }
         AuditEvent::AdminAction { actor, action, target } => {
             info!(target: "qiria::audit", event = "admin_action", actor, action, target)

@@ -177,8 +177,8 @@ fn email_index(master: &[u8; 32], email: &str) -> Result<String, SealError> {
     // A key of its own for the index, derived from the master key.
     let mut derive = <Hmac<Sha256> as Mac>::new_from_slice(master).map_err(|_| SealError::Corrupt)?;
     derive.update(b"qiria email index v1");
-    let index_key = Zeroizing::new(derive.finalize().into_bytes());
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&index_key).map_err(|_| SealError::Corrupt)?;
+    let index_key: Zeroizing<[u8; 32]> = Zeroizing::new(derive.finalize().into_bytes().into());
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(index_key.as_ref()).map_err(|_| SealError::Corrupt)?;
     mac.update(email.trim().to_lowercase().as_bytes());
     Ok(hex::encode(mac.finalize().into_bytes()))
 }

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::envoy::Envoy;
+use crate::gateway::Gateway;
 use crate::issuer::{Issuer, IssuerFiles};
 use crate::process::Process;
 use crate::tokens::{SigningKey, AUDIENCE, ISSUER};
@@ -167,6 +168,8 @@ pub struct Stack {
     pub authz: Authz,
     /// The issuer process, for stacks that have one.
     pub issuer: Option<Issuer>,
+    /// The worker-gateway, for stacks that have one (the job API's route goes to it).
+    pub gateway: Option<Gateway>,
     /// The upstream behind Envoy.
     pub upstream: EchoUpstream,
     /// Envoy.
@@ -205,6 +208,21 @@ impl Stack {
 
     /// `issuer`: `None` for no issuer, else its database (`None`: SQLite) and config file.
     async fn build(authz_bin: &str, policy_src: &Path, extra: &[&str], issuer: Option<(Option<&str>, &str)>) -> Self {
+        Self::build_with(authz_bin, policy_src, extra, issuer, false).await
+    }
+
+    /// The shipped policy with the worker-gateway behind Envoy's job API route.
+    pub async fn with_gateway(authz_bin: &str) -> Self {
+        Self::build_with(authz_bin, &workspace_root().join("policies/rego"), &[], None, true).await
+    }
+
+    async fn build_with(
+        authz_bin: &str,
+        policy_src: &Path,
+        extra: &[&str],
+        issuer: Option<(Option<&str>, &str)>,
+        gateway: bool,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let keys_dir = dir.path().join("keys");
         let policy_dir = dir.path().join("policy");
@@ -226,10 +244,13 @@ impl Stack {
             }
             None => None,
         };
+        let gateway = if gateway { Some(Gateway::start(dir.path(), &keys_dir, None).await) } else { None };
         let upstream = EchoUpstream::start().await;
         let ports = issuer.as_ref().map(|i| (i.token_port, i.admin_api_port));
-        let envoy = Envoy::start(authz.grpc_port, upstream.port, ports).await;
-        Self { key, keys_dir, policy_dir, authz, issuer, upstream, envoy, dir }
+        let envoy =
+            Envoy::start_with_gateway(authz.grpc_port, upstream.port, ports, gateway.as_ref().map(|g| g.grpc_port))
+                .await;
+        Self { key, keys_dir, policy_dir, authz, issuer, gateway, upstream, envoy, dir }
     }
 
     /// The issuer; panics for a stack without one.

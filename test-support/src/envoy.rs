@@ -58,8 +58,19 @@ pub fn render(template: &str, values: &[(&str, String)]) -> String {
 
 impl Envoy {
     /// Starts Envoy in front of authz (`authz_port`), the issuer (`issuer`: its token and
-    /// admin API ports, if any) and an upstream, and waits until it is ready.
+    /// admin API ports, if any) and an upstream, and waits until it is ready. The job API's
+    /// route goes to the upstream too (see [`Self::start_with_gateway`]).
     pub async fn start(authz_port: u16, upstream_port: u16, issuer: Option<(u16, u16)>) -> Self {
+        Self::start_with_gateway(authz_port, upstream_port, issuer, None).await
+    }
+
+    /// The same, with the job API's route to the worker-gateway at `gateway_port`.
+    pub async fn start_with_gateway(
+        authz_port: u16,
+        upstream_port: u16,
+        issuer: Option<(u16, u16)>,
+        gateway_port: Option<u16>,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let (port, admin_port) = (free_port(), free_port());
         let access_log = dir.path().join("access.log");
@@ -72,6 +83,7 @@ impl Envoy {
                 ("UPSTREAM_PORT", upstream_port.to_string()),
                 ("ISSUER_PORT", issuer.map_or_else(free_port, |i| i.0).to_string()),
                 ("ISSUER_ADMIN_PORT", issuer.map_or_else(free_port, |i| i.1).to_string()),
+                ("GATEWAY_PORT", gateway_port.unwrap_or(upstream_port).to_string()),
                 ("ACCESS_LOG", access_log.display().to_string()),
             ],
         );

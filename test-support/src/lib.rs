@@ -5,6 +5,7 @@
 pub mod authz;
 pub mod call;
 pub mod envoy;
+pub mod gateway;
 pub mod issuer;
 pub mod postgres;
 pub mod process;

@@ -24,13 +24,25 @@ test_user_submits_scripts_over_grpc_and_rest if {
 test_user_reads_own_jobs_but_not_all if {
 	authz.allow with input as req("GET", "/v1/jobs/42", ["User"])
 	not authz.allow with input as req("GET", "/v1/admin/jobs", ["User"])
-	not authz.allow with input as req("POST", "/qiria.jobs.v1.JobService/ListAllJobs", ["User"])
+	# The job API's reads are open to every reading role; the gateway scopes them (a User's
+	# own jobs only, any job for Auditor and Admin), which a path cannot express.
+	authz.allow with input as req("POST", "/qiria.jobs.v1.JobService/ListJobs", ["User"])
+	authz.allow with input as req("POST", "/qiria.jobs.v1.JobService/WatchJob", ["User"])
 }
 
 test_user_cannot_manage_users_rotate_keys_or_read_audit if {
 	not authz.allow with input as req("POST", "/v1/admin/users", ["User"])
 	not authz.allow with input as req("POST", "/v1/admin/keys/rotate", ["User"])
 	not authz.allow with input as req("GET", "/v1/audit/events", ["User"])
+}
+
+test_auditor_reads_any_job_over_the_job_api_and_submits_or_cancels_nothing if {
+	authz.allow with input as req("POST", "/qiria.jobs.v1.JobService/GetJob", ["Auditor"])
+	authz.allow with input as req("POST", "/qiria.jobs.v1.JobService/ListJobs", ["Auditor"])
+	authz.allow with input as req("POST", "/qiria.jobs.v1.JobService/WatchJob", ["Auditor"])
+	not authz.allow with input as req("POST", "/qiria.jobs.v1.JobService/TriggerFlow", ["Auditor"])
+	not authz.allow with input as req("POST", "/qiria.jobs.v1.JobService/SubmitScript", ["Auditor"])
+	not authz.allow with input as req("POST", "/qiria.jobs.v1.JobService/CancelJob", ["Auditor"])
 }
 
 test_auditor_reads_but_never_writes if {

@@ -1,0 +1,26 @@
+//! Qiria's worker-gateway: the job API where approved work leaves the mesh.
+//!
+//! A call flows one way: `service` receives it → `caller` verifies the bearer token itself
+//! (zero trust: Envoy and authz are the first gate, not the only one) → `access` decides what
+//! the caller may see and do → `validate` checks every field before anything is stored →
+//! `jobs` records it (owner checks inside the queries) → `watch` tells open streams. `errors`
+//! maps every failure to a gRPC status in one place; `server` wires; `config` says how.
+
+pub mod access;
+pub mod caller;
+pub mod config;
+pub mod errors;
+pub mod jobs;
+pub mod server;
+pub mod service;
+pub mod validate;
+pub mod watch;
+
+/// The generated job API (`proto/qiria/jobs/v1/jobs.proto`).
+pub mod pb {
+    #![allow(missing_docs, clippy::all, clippy::pedantic)]
+    tonic::include_proto!("qiria.jobs.v1");
+
+    /// The compiled descriptor set of the job API.
+    pub const DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/jobs_descriptor.bin"));
+}

@@ -1,0 +1,61 @@
+//! `worker-gateway`: parses the command line and config, sets up logging, serves.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use qiria_identity::VerifierArgs;
+use qiria_runtime::config::{LogArgs, Overrides};
+use qiria_runtime::shutdown::{os_signal, Shutdown};
+use worker_gateway::config::Config;
+
+/// Qiria worker-gateway: the job API where approved work leaves the mesh.
+#[derive(Debug, Parser)]
+#[command(name = "worker-gateway", version)]
+enum Cli {
+    /// Serve the job API (config: defaults < --config TOML < QIRIA_GATEWAY_* env < flags).
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// TOML configuration file; unknown keys are an error.
+    #[arg(long, short = 'c', env = "QIRIA_GATEWAY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address of the job API [default: 127.0.0.1:9196].
+    #[arg(long)]
+    grpc_addr: Option<String>,
+    /// Address of /metrics and /health [default: 127.0.0.1:9197].
+    #[arg(long)]
+    admin_addr: Option<String>,
+    /// Job store: sqlite://FILE or postgres://… [default: sqlite://.stack/jobs.db].
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Token verification.
+    #[command(flatten)]
+    verifier: VerifierArgs,
+    /// Logging.
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+fn main() -> ExitCode {
+    let Cli::Serve(args) = Cli::parse();
+    let overrides = Overrides::default()
+        .set("server.grpc_addr", args.grpc_addr.clone())
+        .set("server.admin_addr", args.admin_addr.clone())
+        .set("store.database_url", args.database_url.clone());
+    let overrides = args.log.apply(args.verifier.apply(overrides)).into_figment();
+    let result = Config::load(args.config.as_deref(), overrides).map_err(anyhow::Error::from).and_then(|config| {
+        qiria_runtime::logging::init(&config.log);
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        runtime.block_on(async { worker_gateway::server::run(config, Shutdown::on(os_signal())).await })
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("worker-gateway: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! `qiria.jobs.v1.JobService`: each call authenticated, scoped, validated, then recorded.
+//!
+//! In this release a triggered flow is recorded and stays `QUEUED`, saying so in `reason`:
+//! the Kestra client and the scripting worker are the next steps of the gateway's work, and a
+//! job is never given a result it did not get.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_util::Stream;
+use qiria_identity::TokenVerifier;
+use qiria_runtime::audit;
+use tonic::{Request, Response, Status};
+
+use crate::access::{self, Scope};
+use crate::caller::{authenticate, Caller};
+use crate::errors::GatewayError;
+use crate::jobs::{is_terminal, JobStore, NewJob};
+use crate::pb::job_service_server::JobService;
+use crate::pb::{
+    CancelJobRequest, GetJobRequest, Job, JobEvent, JobKind, JobState, ListJobsRequest, ListJobsResponse,
+    SubmitScriptRequest, TriggerFlowRequest, WatchJobRequest,
+};
+use crate::validate::{self, Limits};
+use crate::watch::Watchers;
+
+/// Why a flow job waits, until the Kestra client is wired.
+pub const FLOW_WAITS: &str = "waiting for the Kestra client, which this gateway does not have yet";
+/// Why a script job waits, until the scripting worker exists.
+pub const SCRIPT_WAITS: &str = "waiting for the scripting worker, which is not deployed yet";
+
+/// The service.
+pub struct Jobs {
+    /// Verifies callers.
+    pub verifier: Arc<TokenVerifier>,
+    /// Where jobs live.
+    pub store: JobStore,
+    /// Open `WatchJob` streams.
+    pub watchers: Arc<Watchers>,
+    /// Field bounds.
+    pub limits: Limits,
+}
+
+type Result<T> = std::result::Result<Response<T>, Status>;
+
+impl Jobs {
+    fn caller<T>(&self, request: &Request<T>) -> std::result::Result<Caller, GatewayError> {
+        authenticate(&self.verifier, request.metadata())
+    }
+
+    async fn submit(&self, caller: &Caller, new: NewJob) -> std::result::Result<Job, GatewayError> {
+        let (job, created) = self.store.create(&new).await?;
+        if created {
+            audit::record(audit::AuditEvent::JobSubmitted { job: &job.id, owner: &job.owner, kind: kind(&job) });
+            self.watchers.publish(&job);
+        } else {
+            tracing::info!(job = %job.id, owner = %caller.subject, "same idempotency key: the existing job");
+        }
+        Ok(job)
+    }
+}
+
+fn kind(job: &Job) -> &'static str {
+    if job.kind() == JobKind::Script {
+        "script"
+    } else {
+        "flow"
+    }
+}
+
+/// The caller's key, or a fresh one: every job has one.
+fn idempotency_key(given: &str) -> std::result::Result<String, GatewayError> {
+    validate::idempotency_key(given)?;
+    Ok(if given.is_empty() { uuid::Uuid::new_v4().to_string() } else { given.to_string() })
+}
+
+#[tonic::async_trait]
+impl JobService for Jobs {
+    async fn trigger_flow(&self, request: Request<TriggerFlowRequest>) -> Result<Job> {
+        let caller = self.caller(&request)?;
+        access::may_submit(&caller)?;
+        let r = request.get_ref();
+        validate::namespace(&r.namespace)?;
+        validate::flow_id(&r.flow_id)?;
+        validate::inputs(&r.inputs, &self.limits)?;
+        validate::labels(&r.labels, &self.limits)?;
+        let new = NewJob {
+            owner: caller.subject.clone(),
+            kind: JobKind::Flow,
+            namespace: r.namespace.clone(),
+            flow_id: r.flow_id.clone(),
+            idempotency_key: idempotency_key(&r.idempotency_key)?,
+            reason: FLOW_WAITS.into(),
+            payload: serde_json::json!({ "inputs": r.inputs, "labels": r.labels }),
+        };
+        Ok(Response::new(self.submit(&caller, new).await?))
+    }
+
+    async fn submit_script(&self, request: Request<SubmitScriptRequest>) -> Result<Job> {
+        let caller = self.caller(&request)?;
+        access::may_submit(&caller)?;
+        let r = request.get_ref();
+        validate::script(&r.language, &r.body, &self.limits)?;
+        let new = NewJob {
+            owner: caller.subject.clone(),
+            kind: JobKind::Script,
+            namespace: String::new(),
+            flow_id: String::new(),
+            idempotency_key: idempotency_key(&r.idempotency_key)?,
+            reason: SCRIPT_WAITS.into(),
+            payload: serde_json::json!({ "language": r.language, "body": r.body }),
+        };
+        Ok(Response::new(self.submit(&caller, new).await?))
+    }
+
+    async fn get_job(&self, request: Request<GetJobRequest>) -> Result<Job> {
+        let caller = self.caller(&request)?;
+        let scope = access::read_scope(&caller)?;
+        validate::job_id(&request.get_ref().id).map_err(|_| GatewayError::NotFound)?;
+        let job = self.store.get(&request.get_ref().id, &scope).await.map_err(GatewayError::from)?;
+        Ok(Response::new(job.ok_or(GatewayError::NotFound)?))
+    }
+
+    async fn list_jobs(&self, request: Request<ListJobsRequest>) -> Result<ListJobsResponse> {
+        let caller = self.caller(&request)?;
+        let scope = access::read_scope(&caller)?;
+        let r = request.get_ref();
+        let size = match r.page_size {
+            0 => 20,
+            n @ 1..=100 => n,
+            _ => return Err(GatewayError::invalid("/page_size", "at most 100").into()),
+        };
+        let before = match r.page_token.as_str() {
+            "" => None,
+            token => Some(page_token(token).ok_or_else(|| GatewayError::invalid("/page_token", "not a page token"))?),
+        };
+        let jobs = self.store.list(&scope, size, before).await.map_err(GatewayError::from)?;
+        let next_page_token = match jobs.last() {
+            Some(last) if jobs.len() == size as usize => format!("{}:{}", last.created_at, last.id),
+            _ => String::new(),
+        };
+        Ok(Response::new(ListJobsResponse { jobs, next_page_token }))
+    }
+
+    async fn cancel_job(&self, request: Request<CancelJobRequest>) -> Result<Job> {
+        let caller = self.caller(&request)?;
+        let scope = access::cancel_scope(&caller)?;
+        let id = &request.get_ref().id;
+        validate::job_id(id).map_err(|_| GatewayError::NotFound)?;
+        let live = [JobState::Queued, JobState::Running];
+        let reason = format!("cancelled by {}", caller.subject);
+        let changed = self.store.transition(id, &scope, &live, JobState::Cancelled, &reason).await;
+        match changed.map_err(GatewayError::from)? {
+            Some(job) => {
+                audit::record(audit::AuditEvent::JobCancelled { job: &job.id, owner: &job.owner, by: &caller.subject });
+                self.watchers.publish(&job);
+                Ok(Response::new(job))
+            }
+            None => match self.store.get(id, &scope).await.map_err(GatewayError::from)? {
+                Some(job) => {
+                    Err(GatewayError::FailedPrecondition(format!("the job is {:?} already", job.state())).into())
+                }
+                None => Err(GatewayError::NotFound.into()),
+            },
+        }
+    }
+
+    type WatchJobStream = Pin<Box<dyn Stream<Item = std::result::Result<JobEvent, Status>> + Send>>;
+
+    async fn watch_job(&self, request: Request<WatchJobRequest>) -> Result<Self::WatchJobStream> {
+        let caller = self.caller(&request)?;
+        let scope = access::read_scope(&caller)?;
+        let id = request.get_ref().id.clone();
+        validate::job_id(&id).map_err(|_| GatewayError::NotFound)?;
+        let (slot, mut changes) = self
+            .watchers
+            .open(&caller.subject)
+            .ok_or(GatewayError::ResourceExhausted("too many open WatchJob streams for this user"))?;
+        let job = self.store.get(&id, &scope).await.map_err(GatewayError::from)?.ok_or(GatewayError::NotFound)?;
+        let store = self.store.clone();
+        let stream = async_stream(move |tx| async move {
+            let _slot = slot;
+            let mut last = job;
+            if tx.send(Ok(JobEvent { job: Some(last.clone()) })).await.is_err() {
+                return;
+            }
+            while !is_terminal(last.state()) {
+                let next = match changes.recv().await {
+                    Ok(job) if job.id == id => job,
+                    Ok(_) => continue,
+                    // Missed changes: the job's state now says where it is.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        match store.get(&id, &Scope::All).await {
+                            Ok(Some(job)) => job,
+                            _ => break,
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                };
+                if next.state != last.state || next.updated_at != last.updated_at {
+                    last = next;
+                    if tx.send(Ok(JobEvent { job: Some(last.clone()) })).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(stream))
+    }
+}
+
+/// A stream fed by a task through a small bounded channel (the task ends with the stream).
+fn async_stream<F, Fut>(task: F) -> Pin<Box<dyn Stream<Item = std::result::Result<JobEvent, Status>> + Send>>
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<std::result::Result<JobEvent, Status>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(task(tx));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+/// `created_at:id` of the last job of the previous page.
+fn page_token(token: &str) -> Option<(i64, String)> {
+    let (at, id) = token.split_once(':')?;
+    uuid::Uuid::parse_str(id).ok()?;
+    Some((at.parse().ok()?, id.to_string()))
+}
