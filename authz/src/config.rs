@@ -207,7 +207,7 @@ impl Config {
             eval_deadline: Duration::from_millis(self.policy.eval_deadline_ms),
             run_tests: self.policy.run_tests_on_load,
             counters,
-            builtins: Vec::new(),
+            builtins: qiria_policy::opa_builtins(),
         }
     }
 

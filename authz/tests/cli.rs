@@ -99,3 +99,20 @@ fn authz_has_no_issuer_verbs() {
     let (code, _, err) = run(&["serve", "--issue-tokens"]);
     assert_eq!(code, 2, "the issuer is its own binary: {err}");
 }
+
+#[test]
+fn policy_test_refuses_a_bundle_calling_an_unsupported_builtin_naming_it_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.rego"),
+        "package p\nimport rego.v1\n\ndefault allow := false\n\nallow if {\n\tinput.x\n\tcrypto.x509.parse_rsa_private_key(input.x)\n}\n\ntest_ok if true\n",
+    )
+    .unwrap();
+    let (code, out, err) = run(&["policy", "test", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("crypto.x509.parse_rsa_private_key") && err.contains("p.rego:8"), "{err}");
+    // The OPA builtins Qiria provides load and run.
+    std::fs::write(dir.path().join("p.rego"), "package p\nimport rego.v1\n\ntest_sha if crypto.sha256(\"abc\") == \"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad\"\n").unwrap();
+    let (code, out, err) = run(&["policy", "test", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+}

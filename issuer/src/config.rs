@@ -296,7 +296,7 @@ impl Config {
             eval_deadline: Duration::from_millis(self.policy.eval_deadline_ms),
             run_tests: false,
             counters: std::sync::Arc::new(EvalCounters::default()),
-            builtins: Vec::new(),
+            builtins: qiria_policy::opa_builtins(),
         }
     }
 

@@ -237,7 +237,8 @@ async fn signing_key_rotation_under_load() {
 
 #[tokio::test]
 async fn lockout_and_rate_limits() {
-    let stack = Stack::with_issuer_config(&authz(), None, "lockout_failures = 3\nrate_per_ip_per_minute = 20").await;
+    let limits = "lockout_failures = 3\nrate_per_ip_per_minute = 20\nhashing_max_wait_ms = 10000";
+    let stack = Stack::with_issuer_config(&authz(), None, limits).await;
     add_user(&stack, "dave", "User");
     let attempt = |password: &'static str| {
         let stack = &stack;
@@ -464,7 +465,9 @@ async fn concurrent_refreshes_and_a_revoke_racing_a_refresh() {
 /// at all; the rest, and then the right password, get the same `invalid_grant`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parallel_wrong_passwords_cannot_exceed_the_lockout() {
-    let limits = "lockout_failures = 5\nrate_per_ip_per_minute = 1000000\nrate_per_user_per_minute = 1000000";
+    // Room for every guess in the hashing queue: none is refused busy (which would not count).
+    let limits = "lockout_failures = 5\nrate_per_ip_per_minute = 1000000\nrate_per_user_per_minute = 1000000\n\
+                  hashing_max_wait_ms = 10000\nhashing_queue_per_worker = 16";
     let stack = Stack::with_issuer_config(&authz(), None, limits).await;
     add_user(&stack, "judy", "User");
     let guesses = (0..20).map(|i| {

@@ -48,7 +48,8 @@ pub struct BundleOptions {
 }
 
 impl BundleOptions {
-    /// Options for tools: no decision rule, a generous limit, no load-time tests.
+    /// Options for tools: no decision rule, a generous limit, no load-time tests, OPA's
+    /// builtins that regorus lacks.
     pub fn for_tools(rego_v0: bool) -> Self {
         Self {
             decision_rule: None,
@@ -57,7 +58,7 @@ impl BundleOptions {
             eval_deadline: Duration::from_secs(10),
             run_tests: false,
             counters: Arc::default(),
-            builtins: Vec::new(),
+            builtins: crate::builtins::opa_builtins(),
         }
     }
 }
@@ -156,6 +157,20 @@ pub enum PolicyError {
     /// Evaluation panicked inside regorus.
     #[error("evaluation panicked: {0}")]
     Panicked(String),
+    /// A module calls a function that is neither a builtin nor defined by the bundle.
+    #[error(
+        "{file}:{line}:{col}: unknown function `{name}` (not a builtin Qiria supports, nor defined by the bundle)"
+    )]
+    UnknownFunction {
+        /// The function as called.
+        name: String,
+        /// Where.
+        file: String,
+        /// Line, 1-based.
+        line: u32,
+        /// Column, 1-based.
+        col: u32,
+    },
 }
 
 /// The outcome of one `test_*` rule.
@@ -321,6 +336,15 @@ impl PolicyBundle {
         }
         let sources = Sources { root, rego: &rego, data: &data, options };
         let mut engine = sources.engine()?;
+        let host = options.builtins.iter().map(|b| b.path.clone()).collect();
+        if let Some(call) = crate::calls::unknown_calls(engine.get_modules(), &host).into_iter().next() {
+            return Err(PolicyError::UnknownFunction {
+                name: call.name,
+                file: call.file,
+                line: call.line,
+                col: call.col,
+            });
+        }
         let (rules, tests) = declared_rules(&mut engine);
         if let Some(rule) = &options.decision_rule {
             if !rules.contains(rule) {
@@ -412,7 +436,7 @@ impl PolicyBundle {
             *engine = self.engine.clone();
             engine
         });
-        let started = Instant::now();
+        let (started, mut spent) = (Instant::now(), Duration::ZERO);
         loop {
             let cpu_before = thread_cpu_time();
             engine.set_input(input.clone());
@@ -432,8 +456,9 @@ impl PolicyBundle {
                 return Err(PolicyError::Eval(error.to_string()));
             }
             // regorus' limit is wall-clock: it fires as well when this thread was merely not
-            // running. Only CPU really spent by this evaluation counts against the policy.
-            let spent = thread_cpu_time().saturating_sub(cpu_before);
+            // running. Only CPU really spent by this evaluation (all its attempts) counts
+            // against the policy.
+            spent += thread_cpu_time().saturating_sub(cpu_before);
             if spent + spent / 8 >= self.eval_timeout {
                 self.counters.cpu_limit.fetch_add(1, Ordering::Relaxed);
                 return Err(PolicyError::CpuLimit(self.eval_timeout));
@@ -671,6 +696,34 @@ mod tests {
         std::fs::write(dir.path().join("x/data.json"), r#"{"v":1}"#).unwrap();
         let bundle = PolicyBundle::load_dir(dir.path(), &options()).unwrap();
         assert_eq!(dir_fingerprint(dir.path()).unwrap(), bundle.revision());
+    }
+
+    #[test]
+    fn a_call_to_an_unknown_function_is_refused_at_load_with_file_and_line() {
+        let err = bundle("package t\nimport rego.v1\nallow := false\nuse if {\n  input.x\n  crypto.x509.parse_rsa_private_key(\"k\")\n}\n")
+            .unwrap_err();
+        assert!(
+            matches!(&err, PolicyError::UnknownFunction { name, file, line: 6, .. } if name == "crypto.x509.parse_rsa_private_key" && file.ends_with("t.rego")),
+            "{err}"
+        );
+        // Functions of the bundle, imported ones, builtins and host builtins are all known.
+        let ok = PolicyBundle::from_sources(
+            Path::new("/p"),
+            vec![
+                (PathBuf::from("/p/lib.rego"), "package lib\nimport rego.v1\ndouble(x) := x * 2\n".into()),
+                (
+                    PathBuf::from("/p/t.rego"),
+                    "package t\nimport rego.v1\nimport data.lib\nimport data.lib as l\nhalf(x) := x / 2\n\
+                     allow if { lib.double(2) == 4; l.double(1) == 2; data.lib.double(3) == 6; half(4) == 2; \
+                     count([x | some x in [1]; upper(\"a\") == \"A\"]) == 1; \
+                     io.jwt.decode(\"e30.e30.\") }\n"
+                        .into(),
+                ),
+            ],
+            vec![],
+            &BundleOptions { decision_rule: Some("data.t.allow".into()), ..BundleOptions::for_tools(false) },
+        );
+        assert!(ok.is_ok(), "{:?}", ok.err());
     }
 
     #[test]
