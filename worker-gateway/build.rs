@@ -7,6 +7,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptors = protox::compile([proto], ["../proto"])?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("jobs_descriptor.bin"), prost::Message::encode_to_vec(&descriptors))?;
-    tonic_prost_build::configure().compile_fds(descriptors)?;
+    // Every message knows its full name (`prost::Name`), which the strict codec looks up.
+    let mut prost = tonic_prost_build::Config::new();
+    prost.enable_type_names();
+    tonic_prost_build::configure()
+        .codec_path("crate::strict::StrictCodec")
+        .compile_fds_with_config(descriptors, prost)?;
     Ok(())
 }

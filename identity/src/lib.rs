@@ -14,5 +14,6 @@ pub use error::IdentityError;
 pub use hash::{PassThrough, PrehashedKey, TokenHasher};
 pub use keys::{KeyError, KeySet, VerifyKey};
 pub use verify::{
-    bearer_token, Identity, KeyReload, TokenVerifier, Verified, VerifierArgs, VerifierSettings, MAX_LEEWAY_SECS,
+    bearer_token, Identity, JwtConfig, KeyReload, TokenVerifier, Verified, VerifierArgs, VerifierSettings,
+    MAX_LEEWAY_SECS,
 };

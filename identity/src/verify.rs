@@ -64,6 +64,53 @@ impl Default for VerifierSettings {
     }
 }
 
+/// The `[jwt]` section of a service that verifies its callers' tokens (the issuer's admin
+/// API, the worker-gateway): where the keys are and what a token must say.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct JwtConfig {
+    /// Directory of public keys (PEM, JWK or JWKS), as a mounted secret.
+    pub keys_dir: std::path::PathBuf,
+    /// Accepted `iss` values.
+    pub issuers: Vec<String>,
+    /// Accepted `aud` values.
+    pub audiences: Vec<String>,
+    /// Clock-skew leeway in seconds (at most 60).
+    pub leeway_secs: u64,
+    /// Longest token lifetime accepted, in seconds.
+    pub max_lifetime_secs: u64,
+    /// How often the key directory is re-read in case a notification was missed (ms).
+    pub poll_interval_ms: u64,
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        let v = VerifierSettings::default();
+        Self {
+            keys_dir: std::path::PathBuf::from(".stack/keys/public"),
+            issuers: v.issuers,
+            audiences: v.audiences,
+            leeway_secs: v.leeway_secs,
+            max_lifetime_secs: v.max_lifetime_secs,
+            poll_interval_ms: 2_000,
+        }
+    }
+}
+
+impl JwtConfig {
+    /// The verifier of access tokens these settings describe, caching `cache_capacity` tokens.
+    pub fn verifier(&self, cache_capacity: u64) -> VerifierSettings {
+        VerifierSettings {
+            issuers: self.issuers.clone(),
+            audiences: self.audiences.clone(),
+            leeway_secs: self.leeway_secs,
+            required_typ: "access".into(),
+            max_lifetime_secs: self.max_lifetime_secs,
+            cache_capacity,
+        }
+    }
+}
+
 /// The flags of a service that verifies tokens, over its `[jwt]` section.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct VerifierArgs {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use figment::Figment;
-use qiria_identity::VerifierSettings;
+use qiria_identity::{JwtConfig, VerifierSettings};
 use qiria_policy::{BundleOptions, EvalCounters};
 use qiria_runtime::config::{ConfigError, LogConfig};
 use serde::{Deserialize, Serialize};
@@ -106,24 +106,6 @@ pub struct LimitsConfig {
     pub hashing_max_wait_ms: u64,
 }
 
-/// Verification of admin callers' tokens.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct JwtConfig {
-    /// Directory of public keys (PEM, JWK or JWKS), as a mounted secret.
-    pub keys_dir: PathBuf,
-    /// Accepted `iss` values.
-    pub issuers: Vec<String>,
-    /// Accepted `aud` values.
-    pub audiences: Vec<String>,
-    /// Clock-skew leeway in seconds (at most 60).
-    pub leeway_secs: u64,
-    /// Longest token lifetime accepted, in seconds.
-    pub max_lifetime_secs: u64,
-    /// How often the key directory is re-read in case a notification was missed (ms).
-    pub poll_interval_ms: u64,
-}
-
 /// The admin API's policy.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -188,20 +170,6 @@ impl Default for LimitsConfig {
             hashing_workers: 0,
             hashing_queue_per_worker: 4,
             hashing_max_wait_ms: 1_000,
-        }
-    }
-}
-
-impl Default for JwtConfig {
-    fn default() -> Self {
-        let v = VerifierSettings::default();
-        Self {
-            keys_dir: PathBuf::from(".stack/keys/public"),
-            issuers: v.issuers,
-            audiences: v.audiences,
-            leeway_secs: v.leeway_secs,
-            max_lifetime_secs: v.max_lifetime_secs,
-            poll_interval_ms: 2_000,
         }
     }
 }
@@ -273,17 +241,9 @@ impl Config {
         Ok(())
     }
 
-    /// How admin callers' tokens are verified.
+    /// How admin callers' tokens are verified (they are few: a small cache).
     pub fn verifier(&self) -> VerifierSettings {
-        VerifierSettings {
-            issuers: self.jwt.issuers.clone(),
-            audiences: self.jwt.audiences.clone(),
-            leeway_secs: self.jwt.leeway_secs,
-            required_typ: "access".into(),
-            max_lifetime_secs: self.jwt.max_lifetime_secs,
-            // Admin callers are few.
-            cache_capacity: 1_000,
-        }
+        self.jwt.verifier(1_000)
     }
 
     /// How the admin API's policy is loaded. Its own tests run in authz and CI; here a bundle

@@ -2,10 +2,9 @@
 //! environment variables, then command-line flags (unknown keys are an error).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 
 use figment::Figment;
-use qiria_identity::VerifierSettings;
+use qiria_identity::{JwtConfig, VerifierSettings};
 use qiria_runtime::config::{ConfigError, LogConfig};
 use serde::{Deserialize, Serialize};
 
@@ -39,24 +38,6 @@ pub struct ServerConfig {
     pub admin_addr: SocketAddr,
 }
 
-/// Verification of callers' tokens (the same keys authz uses).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct JwtConfig {
-    /// Directory of public keys (PEM, JWK or JWKS), as a mounted secret.
-    pub keys_dir: PathBuf,
-    /// Accepted `iss` values.
-    pub issuers: Vec<String>,
-    /// Accepted `aud` values.
-    pub audiences: Vec<String>,
-    /// Clock-skew leeway in seconds (at most 60).
-    pub leeway_secs: u64,
-    /// Longest token lifetime accepted, in seconds.
-    pub max_lifetime_secs: u64,
-    /// How often the key directory is re-read in case a notification was missed (ms).
-    pub poll_interval_ms: u64,
-}
-
 /// The job store.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -78,20 +59,6 @@ impl Default for ServerConfig {
         Self {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 9196)),
             admin_addr: SocketAddr::from(([127, 0, 0, 1], 9197)),
-        }
-    }
-}
-
-impl Default for JwtConfig {
-    fn default() -> Self {
-        let v = VerifierSettings::default();
-        Self {
-            keys_dir: PathBuf::from(".stack/keys/public"),
-            issuers: v.issuers,
-            audiences: v.audiences,
-            leeway_secs: v.leeway_secs,
-            max_lifetime_secs: v.max_lifetime_secs,
-            poll_interval_ms: 2_000,
         }
     }
 }
@@ -123,13 +90,6 @@ impl Config {
 
     /// How callers' tokens are verified.
     pub fn verifier(&self) -> VerifierSettings {
-        VerifierSettings {
-            issuers: self.jwt.issuers.clone(),
-            audiences: self.jwt.audiences.clone(),
-            leeway_secs: self.jwt.leeway_secs,
-            required_typ: "access".into(),
-            max_lifetime_secs: self.jwt.max_lifetime_secs,
-            cache_capacity: 10_000,
-        }
+        self.jwt.verifier(10_000)
     }
 }

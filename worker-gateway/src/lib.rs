@@ -3,7 +3,8 @@
 //! A call flows one way: `service` receives it → `caller` verifies the bearer token itself
 //! (zero trust: Envoy and authz are the first gate, not the only one) → `access` decides what
 //! the caller may see and do → `validate` checks every field before anything is stored →
-//! `jobs` records it (owner checks inside the queries) → `watch` tells open streams. `errors`
+//! `jobs` records it (owner checks inside the queries) → `watch` tells open streams. `strict`
+//! is the wire codec that refuses fields the schema does not define. `errors`
 //! maps every failure to a gRPC status in one place; `server` wires; `config` says how.
 
 pub mod access;
@@ -13,6 +14,7 @@ pub mod errors;
 pub mod jobs;
 pub mod server;
 pub mod service;
+pub mod strict;
 pub mod validate;
 pub mod watch;
 

@@ -145,3 +145,48 @@ async fn straight_to_the_gateway_no_valid_token_means_no_access() {
         Code::NotFound
     );
 }
+
+/// A gRPC frame of raw protobuf bytes, sent through Envoy; the `grpc-status` and message.
+async fn raw_call(stack: &Stack, method: &str, message: Vec<u8>, token: &str) -> (String, String) {
+    let mut frame = vec![0u8];
+    frame.extend((message.len() as u32).to_be_bytes());
+    frame.extend(message);
+    let response = qiria_test_support::client(true)
+        .post(stack.envoy.url(&format!("/qiria.jobs.v1.JobService/{method}")))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .bearer_auth(token)
+        .body(frame)
+        .send()
+        .await
+        .expect("through envoy");
+    let header =
+        |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    (header("grpc-status"), header("grpc-message"))
+}
+
+#[tokio::test]
+async fn binary_requests_with_unknown_fields_or_invalid_utf8_are_refused_naming_where() {
+    use prost::Message as _;
+    let stack = Stack::with_gateway(&authz()).await;
+    let alice = stack.token("alice", &["User"]);
+    let valid =
+        TriggerFlowRequest { namespace: "company.team".into(), flow_id: "nightly".into(), ..Default::default() };
+
+    // Field 99 (varint 1) is not in the schema: prost would drop it silently.
+    let mut unknown = valid.encode_to_vec();
+    unknown.extend([0x98, 0x06, 0x01]);
+    let (status, message) = raw_call(&stack, "TriggerFlow", unknown, &alice).await;
+    assert_eq!(status, "3", "INVALID_ARGUMENT: {message}");
+    assert!(message.contains("%2F99") || message.contains("/99"), "names the field: {message}");
+
+    // A namespace that is not UTF-8 (field 1, length 2, 0xff 0xfe).
+    let (status, message) = raw_call(&stack, "TriggerFlow", vec![0x0a, 0x02, 0xff, 0xfe], &alice).await;
+    assert_eq!(status, "3", "INVALID_ARGUMENT, not INTERNAL: {message}");
+
+    // The same message without the stray field is accepted: the check is about the field.
+    let (status, message) = raw_call(&stack, "TriggerFlow", valid.encode_to_vec(), &alice).await;
+    assert!(status.is_empty() || status == "0", "{status} {message}");
+    let api = client(stack.envoy.url("")).await;
+    assert_eq!(listed(&api, &alice).await.len(), 1, "only the valid request made a job");
+}
