@@ -83,15 +83,7 @@ async fn the_tutorial_policy_verifying_the_token_in_rego_runs_unchanged() {
     assert_ne!(get(tutorial_token("guest", "alice", "not-the-secret", 300)).await, 200, "wrong secret");
     assert_ne!(get(tutorial_token("guest", "alice", "secret", -60)).await, 200, "expired");
     let token = tutorial_token("guest", "alice", "secret", 300);
-    let tampered = {
-        let mut parts: Vec<String> = token.split('.').map(str::to_string).collect();
-        use base64::Engine as _;
-        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        let mut claims: serde_json::Value = serde_json::from_slice(&b64.decode(&parts[1]).unwrap()).unwrap();
-        claims["role"] = "admin".into();
-        parts[1] = b64.encode(claims.to_string());
-        parts.join(".")
-    };
+    let tampered = qiria_test_support::tokens::tampered(&token, |p| p["role"] = "admin".into());
     assert_ne!(get(tampered).await, 200, "tampered payload");
 
     // A JSON body rule against the token's base64url subject.

@@ -203,7 +203,7 @@ async fn signing_key_rotation_under_load() {
     })
     .await;
     assert!(published, "new public key not picked up");
-    let signing = stack.dir().join("signing");
+    let signing = stack.issuer().signing_dir.clone();
     std::fs::copy(generated.path().join("private/rotated-2.pem"), signing.join("rotated-2.pem")).unwrap();
     std::fs::write(signing.join("active"), "rotated-2\n").unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -348,7 +348,7 @@ async fn es256_signing_key() {
     add_user(&stack, "gina", "Auditor");
     let ec = qiria_test_support::tokens::SigningKey::ec("ec-1");
     ec.write_public(&stack.keys_dir);
-    let signing = stack.dir().join("signing");
+    let signing = stack.issuer().signing_dir.clone();
     std::fs::write(signing.join("ec-1.pem"), &ec.private_pem).unwrap();
     std::fs::write(signing.join("active"), "ec-1").unwrap();
     let issued = qiria_test_support::wait_until(std::time::Duration::from_secs(10), || async {
@@ -380,7 +380,7 @@ async fn a_signing_key_active_before_it_is_published_waits_for_its_public_half()
 
     // Private half added and made active, public half not published: held back.
     let early = qiria_test_support::tokens::SigningKey::ec("early-1");
-    let signing = stack.dir().join("signing");
+    let signing = stack.issuer().signing_dir.clone();
     std::fs::write(signing.join("early-1.pem"), &early.private_pem).unwrap();
     std::fs::write(signing.join("active"), "early-1").unwrap();
     let held_back = qiria_test_support::wait_until(Duration::from_secs(10), || async {

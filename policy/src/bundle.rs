@@ -437,9 +437,10 @@ impl PolicyBundle {
             engine
         });
         let (started, mut spent) = (Instant::now(), Duration::ZERO);
+        // Set once: a retry after a stall evaluates the same input again.
+        engine.set_input(input);
         loop {
             let cpu_before = thread_cpu_time();
-            engine.set_input(input.clone());
             let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| engine.eval_rule(rule.clone())));
             let error = match outcome {
                 Ok(Ok(value)) => return Ok(value),

@@ -1,7 +1,8 @@
 //! The calling thread's own CPU time, which tells a policy that ran long from a thread that
 //! was not running (descheduled, CFS-throttled). Linux's `CLOCK_THREAD_CPUTIME_ID` through
-//! libc: one vDSO-less syscall per evaluation that hit the wall-clock limit, never on the
-//! fast path. (The `cpu-time` crate wraps the same call but is unmaintained since 2020.)
+//! libc: the vDSO does not serve thread clocks, so it is one syscall before each evaluation
+//! (cached decisions make none) and one after an evaluation that hit the wall-clock limit.
+//! (The `cpu-time` crate wraps the same call but is unmaintained since 2020.)
 
 use std::time::Duration;
 

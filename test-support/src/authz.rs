@@ -71,16 +71,8 @@ impl Authz {
 
     /// Waits until `/health` answers 200; panics with the log otherwise.
     pub async fn wait_healthy(&mut self) {
-        let url = format!("http://127.0.0.1:{}/health", self.admin_port);
-        let ready = wait_until(Duration::from_secs(30), || {
-            let url = url.clone();
-            async move { reqwest::get(url).await.is_ok_and(|r| r.status().is_success()) }
-        })
-        .await;
-        if !ready {
-            if let Some(p) = self.process.as_ref() {
-                p.fail("did not become healthy")
-            }
+        if let Some(p) = self.process.as_ref() {
+            crate::wait_healthy(p, self.admin_port).await;
         }
     }
 
@@ -98,11 +90,7 @@ impl Authz {
 
     /// The `/health` document.
     pub async fn health(&self) -> serde_json::Value {
-        let url = format!("http://127.0.0.1:{}/health", self.admin_port);
-        match reqwest::get(url).await {
-            Ok(r) => r.json().await.unwrap_or_default(),
-            Err(_) => serde_json::Value::Null,
-        }
+        crate::health(self.admin_port).await
     }
 
     /// The `/metrics` text.
@@ -174,7 +162,7 @@ pub struct Stack {
     pub upstream: EchoUpstream,
     /// Envoy.
     pub envoy: Envoy,
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
 }
 
 impl Stack {
@@ -250,18 +238,12 @@ impl Stack {
         let envoy =
             Envoy::start_with_gateway(authz.grpc_port, upstream.port, ports, gateway.as_ref().map(|g| g.grpc_port))
                 .await;
-        Self { key, keys_dir, policy_dir, authz, issuer, gateway, upstream, envoy, dir }
+        Self { key, keys_dir, policy_dir, authz, issuer, gateway, upstream, envoy, _dir: dir }
     }
 
     /// The issuer; panics for a stack without one.
     pub fn issuer(&self) -> &Issuer {
         self.issuer.as_ref().expect("a stack started with an issuer")
-    }
-
-    /// The stack's private directory (signing keys in `signing/`, master keys in
-    /// `master-keys/`, database `qiria.db`).
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
     }
 
     /// Sends a request through Envoy.

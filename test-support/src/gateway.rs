@@ -2,11 +2,10 @@
 //! directory of the test's.
 
 use std::path::Path;
-use std::time::Duration;
 
 use crate::process::Process;
 use crate::tokens::{AUDIENCE, ISSUER};
-use crate::{binary, free_port, wait_until};
+use crate::{binary, free_port};
 
 /// A running gateway.
 pub struct Gateway {
@@ -45,15 +44,7 @@ impl Gateway {
         let log = dir.join("gateway.log");
         let process = Process::spawn("worker-gateway", &binary("worker-gateway"), &args, &log).expect("start gateway");
         let gateway = Self { grpc_port, admin_port, process, log };
-        let url = format!("http://127.0.0.1:{admin_port}/health");
-        let ready = wait_until(Duration::from_secs(30), || {
-            let url = url.clone();
-            async move { reqwest::get(url).await.is_ok_and(|r| r.status().is_success()) }
-        })
-        .await;
-        if !ready {
-            gateway.process.fail("did not become healthy");
-        }
+        crate::wait_healthy(&gateway.process, admin_port).await;
         gateway
     }
 

@@ -4,11 +4,10 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use crate::process::Process;
 use crate::tokens::{SigningKey, AUDIENCE, ISSUER};
-use crate::{binary, free_port, wait_until};
+use crate::{binary, free_port};
 
 /// The password every test user gets.
 pub const PASSWORD: &str = "correct horse battery staple";
@@ -98,25 +97,13 @@ impl Issuer {
         let process = Process::spawn("issuer", &binary("issuer"), &args, &log).expect("start issuer");
         let issuer =
             Self { token_port, admin_api_port, admin_port, database_url, master_keys_dir, signing_dir, log, process };
-        let url = format!("http://127.0.0.1:{admin_port}/health");
-        let ready = wait_until(Duration::from_secs(30), || {
-            let url = url.clone();
-            async move { reqwest::get(url).await.is_ok_and(|r| r.status().is_success()) }
-        })
-        .await;
-        if !ready {
-            issuer.process.fail("did not become healthy");
-        }
+        crate::wait_healthy(&issuer.process, admin_port).await;
         issuer
     }
 
     /// The `/health` document.
     pub async fn health(&self) -> serde_json::Value {
-        let url = format!("http://127.0.0.1:{}/health", self.admin_port);
-        match reqwest::get(url).await {
-            Ok(r) => r.json().await.unwrap_or_default(),
-            Err(_) => serde_json::Value::Null,
-        }
+        crate::health(self.admin_port).await
     }
 
     /// `http://127.0.0.1:<token port><path>`: straight to the token endpoints, no Envoy.

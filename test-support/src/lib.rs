@@ -72,6 +72,28 @@ where
     false
 }
 
+/// Waits until `http://127.0.0.1:<admin_port>/health` answers 200; panics with `process`'s
+/// output otherwise (every Qiria service has this admin endpoint).
+pub async fn wait_healthy(process: &process::Process, admin_port: u16) {
+    let url = format!("http://127.0.0.1:{admin_port}/health");
+    let ready = wait_until(Duration::from_secs(30), || {
+        let url = url.clone();
+        async move { reqwest::get(url).await.is_ok_and(|r| r.status().is_success()) }
+    })
+    .await;
+    if !ready {
+        process.fail("did not become healthy");
+    }
+}
+
+/// The `/health` document of the service whose admin port is `admin_port` (null if none).
+pub async fn health(admin_port: u16) -> serde_json::Value {
+    match reqwest::get(format!("http://127.0.0.1:{admin_port}/health")).await {
+        Ok(r) => r.json().await.unwrap_or_default(),
+        Err(_) => serde_json::Value::Null,
+    }
+}
+
 /// An HTTP/1.1 client, or with `h2c` an HTTP/2 prior-knowledge one; neither follows redirects.
 pub fn client(h2c: bool) -> reqwest::Client {
     let base = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).timeout(Duration::from_secs(10));

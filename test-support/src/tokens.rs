@@ -111,6 +111,17 @@ pub fn claims(sub: &str, roles: &[&str]) -> serde_json::Value {
     })
 }
 
+/// `token` with its payload rewritten by `change` and its signature kept: a forgery.
+pub fn tampered(token: &str, change: impl FnOnce(&mut serde_json::Value)) -> String {
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let parts: Vec<&str> = token.split('.').collect();
+    let decoded = parts.get(1).and_then(|p| b64.decode(p).ok()).unwrap_or_default();
+    let mut payload: serde_json::Value = serde_json::from_slice(&decoded).unwrap_or_default();
+    change(&mut payload);
+    let (header, signature) = (parts.first().unwrap_or(&""), parts.get(2).unwrap_or(&""));
+    format!("{header}.{}.{signature}", b64.encode(payload.to_string()))
+}
+
 /// An unsigned token (`alg: none`).
 pub fn alg_none(claims: &serde_json::Value) -> String {
     let b64 = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
