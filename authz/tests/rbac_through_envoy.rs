@@ -18,7 +18,10 @@ const CASES: &[(&[&str], Protocol, &str, &str, bool)] = &[
     (&["User"], Http1, "GET", "/v1/jobs/42", true),
     (&["User"], Http1, "GET", "/v1/admin/jobs", false),
     (&["User"], Http1, "GET", "/v1/audit/events", false),
-    (&["User"], Http1, "POST", "/v1/flows/prod/nightly/executions", true),
+    (&["User"], Http1, "POST", "/v1/flows/qiria.demo/hello/executions", true),
+    // Only allow-listed flows (policy data `flows`) have a trigger operation at all.
+    (&["User"], Http1, "POST", "/v1/flows/prod/nightly/executions", false),
+    (&["Admin"], Http1, "POST", "/v1/flows/prod/nightly/executions", false),
     (&["Auditor"], Grpc, "POST", "/qiria.audit.v1.AuditService/ListEvents", true),
     (&["Auditor"], Grpc, "POST", "/qiria.jobs.v1.JobService/ListJobs", true),
     (&["Auditor"], Grpc, "POST", "/qiria.jobs.v1.JobService/CancelJob", false),

@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json};
 use qiria_identity::{bearer_token, TokenVerifier};
-use qiria_policy::{LivePolicy, Value};
+use qiria_policy::{allows, LivePolicy};
 use qiria_runtime::audit::{self, AuditEvent};
 
 use crate::client_addr::ClientAddress;
@@ -94,16 +94,6 @@ async fn authorize(
     let mut request = Request::from_parts(parts, Body::from(body));
     request.extensions_mut().insert(Caller(identity.subject.to_string()));
     next.run(request).await
-}
-
-/// Whether a decision rule's value allows: `true`, or an OPA-Envoy object with
-/// `allowed: true`. Anything else (an error, undefined, a malformed object) does not.
-fn allows(value: &Value) -> bool {
-    match value {
-        Value::Bool(allowed) => *allowed,
-        Value::Object(fields) => matches!(fields.get(&Value::from("allowed")), Some(Value::Bool(true))),
-        _ => false,
-    }
 }
 
 /// A user as the admin API shows it (never the password hash).

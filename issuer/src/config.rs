@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use figment::Figment;
 use qiria_identity::{JwtConfig, VerifierSettings};
-use qiria_policy::{BundleOptions, EvalCounters};
+use qiria_policy::CallerPolicyConfig;
 use qiria_runtime::config::{ConfigError, LogConfig};
 use serde::{Deserialize, Serialize};
 
@@ -32,7 +32,7 @@ pub struct Config {
     /// How the admin API verifies its callers' tokens (the same keys authz uses).
     pub jwt: JwtConfig,
     /// The policy that authorizes admin API calls (the same bundle authz uses).
-    pub policy: PolicyConfig,
+    pub policy: CallerPolicyConfig,
     /// Log format and level.
     pub log: LogConfig,
 }
@@ -106,24 +106,6 @@ pub struct LimitsConfig {
     pub hashing_max_wait_ms: u64,
 }
 
-/// The admin API's policy.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct PolicyConfig {
-    /// Directory of `.rego` files and data (OPA bundle layout).
-    pub dir: PathBuf,
-    /// The rule that decides.
-    pub decision_rule: String,
-    /// Parse as Rego v0.
-    pub rego_v0: bool,
-    /// CPU time one evaluation may use (ms).
-    pub eval_timeout_ms: u64,
-    /// Wall-clock time one evaluation may take, stalls included (ms).
-    pub eval_deadline_ms: u64,
-    /// How often the directory is re-read (ms).
-    pub poll_interval_ms: u64,
-}
-
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
@@ -170,19 +152,6 @@ impl Default for LimitsConfig {
             hashing_workers: 0,
             hashing_queue_per_worker: 4,
             hashing_max_wait_ms: 1_000,
-        }
-    }
-}
-
-impl Default for PolicyConfig {
-    fn default() -> Self {
-        Self {
-            dir: PathBuf::from("policies/rego"),
-            decision_rule: "data.qiria.authz.allow".into(),
-            rego_v0: false,
-            eval_timeout_ms: 50,
-            eval_deadline_ms: 400,
-            poll_interval_ms: 2_000,
         }
     }
 }
@@ -235,8 +204,8 @@ impl Config {
         if crate::client_addr::ClientAddress::new(&self.server.trusted_proxies, 1).is_err() {
             return invalid("server.trusted_proxies", "must hold addresses or CIDRs");
         }
-        if self.policy.eval_deadline_ms < self.policy.eval_timeout_ms || self.policy.eval_timeout_ms == 0 {
-            return invalid("policy.eval_deadline_ms", "must be at least policy.eval_timeout_ms (at least 1)");
+        if let Some((field, reason)) = self.policy.invalid() {
+            return invalid(field, reason);
         }
         Ok(())
     }
@@ -244,20 +213,6 @@ impl Config {
     /// How admin callers' tokens are verified (they are few: a small cache).
     pub fn verifier(&self) -> VerifierSettings {
         self.jwt.verifier(1_000)
-    }
-
-    /// How the admin API's policy is loaded. Its own tests run in authz and CI; here a bundle
-    /// that loads is enough.
-    pub fn bundle_options(&self) -> BundleOptions {
-        BundleOptions {
-            decision_rule: Some(self.policy.decision_rule.clone()),
-            rego_v0: self.policy.rego_v0,
-            eval_timeout: Duration::from_millis(self.policy.eval_timeout_ms),
-            eval_deadline: Duration::from_millis(self.policy.eval_deadline_ms),
-            run_tests: false,
-            counters: std::sync::Arc::new(EvalCounters::default()),
-            builtins: qiria_policy::opa_builtins(),
-        }
     }
 
     /// What issued tokens say.

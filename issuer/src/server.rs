@@ -151,7 +151,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     registry.register("keys_loaded", "Keys in the live verification key set", keys_loaded.clone());
     let service = Arc::new(Service {
         verifier: Arc::new(TokenVerifier::new(&config.verifier())),
-        policy: Arc::new(LivePolicy::new(config.policy.dir.clone(), config.bundle_options())),
+        policy: Arc::new(LivePolicy::new(config.policy.dir.clone(), config.policy.bundle_options())),
         signing: Arc::new(ArcSwapOption::empty()),
         health: Mutex::new(Health { hashing: hashing.size(), ..Health::default() }),
         signing_turn: Mutex::new(()),

@@ -11,8 +11,10 @@ mod calls;
 mod cpu;
 pub mod input;
 mod live;
+mod service;
 
 pub use builtins::opa_builtins;
 pub use bundle::{dir_fingerprint, BundleOptions, EvalCounters, HostBuiltin, PolicyBundle, PolicyError, TestResult};
 pub use live::{LivePolicy, Reload};
 pub use regorus::Value;
+pub use service::{allows, CallerPolicyConfig};

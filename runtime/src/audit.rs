@@ -122,6 +122,28 @@ pub enum AuditEvent<'a> {
         /// Who cancelled it.
         by: &'a str,
     },
+    /// The worker-gateway asked Kestra for an execution of a job's flow (one attempt).
+    JobTriggered {
+        /// The job id.
+        job: &'a str,
+        /// Its owner.
+        owner: &'a str,
+        /// `namespace/flow`.
+        flow: &'a str,
+        /// Which attempt (1 first).
+        attempt: i64,
+    },
+    /// A job changed state.
+    JobStateChanged {
+        /// The job id.
+        job: &'a str,
+        /// Its owner.
+        owner: &'a str,
+        /// The new state, e.g. `RUNNING`.
+        state: &'a str,
+        /// The Kestra execution, if it has one.
+        execution: &'a str,
+    },
     /// An admin API call was carried out.
     AdminAction {
         /// The verified subject who asked.
@@ -185,6 +207,12 @@ pub fn record(event: AuditEvent<'_>) {
         }
         AuditEvent::JobCancelled { job, owner, by } => {
             info!(target: "qiria::audit", event = "job_cancelled", job, owner, by)
+        }
+        AuditEvent::JobTriggered { job, owner, flow, attempt } => {
+            info!(target: "qiria::audit", event = "job_triggered", job, owner, flow, attempt)
+        }
+        AuditEvent::JobStateChanged { job, owner, state, execution } => {
+            info!(target: "qiria::audit", event = "job_state_changed", job, owner, state, execution)
         }
         AuditEvent::AdminAction { actor, action, target } => {
             info!(target: "qiria::audit", event = "admin_action", actor, action, target)

@@ -196,12 +196,18 @@ impl Stack {
 
     /// `issuer`: `None` for no issuer, else its database (`None`: SQLite) and config file.
     async fn build(authz_bin: &str, policy_src: &Path, extra: &[&str], issuer: Option<(Option<&str>, &str)>) -> Self {
-        Self::build_with(authz_bin, policy_src, extra, issuer, false).await
+        Self::build_with(authz_bin, policy_src, extra, issuer, None).await
     }
 
     /// The shipped policy with the worker-gateway behind Envoy's job API route.
     pub async fn with_gateway(authz_bin: &str) -> Self {
-        Self::build_with(authz_bin, &workspace_root().join("policies/rego"), &[], None, true).await
+        Self::with_gateway_config(authz_bin, &workspace_root().join("policies/rego"), "").await
+    }
+
+    /// A policy directory (a copy is used by authz and the gateway alike) and `gateway_toml`
+    /// added to the gateway's config file (e.g. its `[kestra]` section).
+    pub async fn with_gateway_config(authz_bin: &str, policy_src: &Path, gateway_toml: &str) -> Self {
+        Self::build_with(authz_bin, policy_src, &[], None, Some(gateway_toml)).await
     }
 
     async fn build_with(
@@ -209,7 +215,7 @@ impl Stack {
         policy_src: &Path,
         extra: &[&str],
         issuer: Option<(Option<&str>, &str)>,
-        gateway: bool,
+        gateway: Option<&str>,
     ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let keys_dir = dir.path().join("keys");
@@ -232,7 +238,10 @@ impl Stack {
             }
             None => None,
         };
-        let gateway = if gateway { Some(Gateway::start(dir.path(), &keys_dir, None).await) } else { None };
+        let gateway = match gateway {
+            Some(toml) => Some(Gateway::start(dir.path(), &keys_dir, &policy_dir, toml).await),
+            None => None,
+        };
         let upstream = EchoUpstream::start().await;
         let ports = issuer.as_ref().map(|i| (i.token_port, i.admin_api_port));
         let envoy =

@@ -1,12 +1,13 @@
 //! Helpers shared by Qiria's integration tests: real processes (Envoy, our binaries) on
-//! loopback ports, an echo upstream that shows what got through, and signing keys to mint
-//! tokens with. Every process is killed when its handle drops.
+//! loopback ports, an echo upstream that shows what got through, a Kestra contract double, and
+//! signing keys to mint tokens with. Every process is killed when its handle drops.
 
 pub mod authz;
 pub mod call;
 pub mod envoy;
 pub mod gateway;
 pub mod issuer;
+pub mod kestra;
 pub mod postgres;
 pub mod process;
 pub mod tls;

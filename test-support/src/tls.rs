@@ -1,7 +1,7 @@
 //! A throwaway PKI for TLS tests: a CA, a server certificate for 127.0.0.1/localhost, and a
 //! client certificate whose URI SAN is a SPIFFE id (as Istio issues them).
 
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, SanType};
 
 /// PEM files of a CA, a server and a client.
 pub struct TestPki {
@@ -21,17 +21,21 @@ pub struct TestPki {
 pub fn pki(spiffe_id: &str) -> TestPki {
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    // Distinct subjects: with rcgen's one default name for all three, OpenSSL (Python's
+    // requests) takes the server certificate for self-signed and refuses it.
+    ca_params.distinguished_name.push(DnType::CommonName, "Qiria test CA");
     let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("ca key")).expect("ca");
 
     let server_key = KeyPair::generate().expect("server key");
-    let server = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-        .expect("server params")
-        .signed_by(&server_key, &ca)
-        .expect("server cert");
+    let mut server_params =
+        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).expect("server params");
+    server_params.distinguished_name.push(DnType::CommonName, "localhost");
+    let server = server_params.signed_by(&server_key, &ca).expect("server cert");
 
     let client_key = KeyPair::generate().expect("client key");
     let mut client_params = CertificateParams::new(Vec::<String>::new()).expect("client params");
     client_params.subject_alt_names = vec![SanType::URI(spiffe_id.try_into().expect("spiffe id"))];
+    client_params.distinguished_name.push(DnType::CommonName, "Qiria test client");
     let client = client_params.signed_by(&client_key, &ca).expect("client cert");
 
     TestPki {

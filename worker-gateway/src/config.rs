@@ -2,9 +2,11 @@
 //! environment variables, then command-line flags (unknown keys are an error).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use figment::Figment;
 use qiria_identity::{JwtConfig, VerifierSettings};
+use qiria_policy::CallerPolicyConfig;
 use qiria_runtime::config::{ConfigError, LogConfig};
 use serde::{Deserialize, Serialize};
 
@@ -24,6 +26,10 @@ pub struct Config {
     pub limits: Limits,
     /// Per-user bounds.
     pub users: UserLimits,
+    /// Who may call what (authz's bundle; the flow allowlist is its data).
+    pub policy: CallerPolicyConfig,
+    /// Where flows run.
+    pub kestra: KestraConfig,
     /// Log format and level.
     pub log: LogConfig,
 }
@@ -54,6 +60,55 @@ pub struct UserLimits {
     pub watch_streams: usize,
 }
 
+/// Where flows run, and how the gateway talks to it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KestraConfig {
+    /// `https://host:port` of Kestra's API; empty: no Kestra, flow jobs stay queued saying so.
+    pub url: String,
+    /// Kestra tenant (`main` for OSS).
+    pub tenant: String,
+    /// Client certificate and pinned CA: `ca.crt`, `tls.crt`, `tls.key` (a Kubernetes TLS
+    /// secret's names), reloaded when they change.
+    pub tls_dir: PathBuf,
+    /// Kestra's API credential: `token` (bearer), or `username` + `password` (basic),
+    /// reloaded when they change.
+    pub credential_dir: PathBuf,
+    /// TCP + TLS connect timeout (ms).
+    pub connect_timeout_ms: u64,
+    /// Whole-request timeout (ms).
+    pub request_timeout_ms: u64,
+    /// How often live jobs are followed (ms).
+    pub poll_interval_ms: u64,
+    /// How long an unanswered create is searched for by its job label before another is sent
+    /// (ms). Must exceed Kestra's search-indexing lag: it is what keeps one job one execution.
+    pub reconcile_wait_ms: u64,
+    /// Create attempts per job.
+    pub max_attempts: u32,
+    /// Kestra calls in flight at once.
+    pub max_in_flight: usize,
+    /// How often the secret directories are re-read (ms).
+    pub secrets_poll_interval_ms: u64,
+}
+
+impl Default for KestraConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            tenant: "main".into(),
+            tls_dir: PathBuf::from("/var/run/secrets/qiria/kestra-tls"),
+            credential_dir: PathBuf::from("/var/run/secrets/qiria/kestra-credential"),
+            connect_timeout_ms: 2_000,
+            request_timeout_ms: 10_000,
+            poll_interval_ms: 1_000,
+            reconcile_wait_ms: 15_000,
+            max_attempts: 3,
+            max_in_flight: 16,
+            secrets_poll_interval_ms: 5_000,
+        }
+    }
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
@@ -81,6 +136,25 @@ impl Config {
         let config: Config = qiria_runtime::config::load(file, "QIRIA_GATEWAY_", overrides)?;
         if let Some((field, reason)) = config.verifier().invalid() {
             return Err(ConfigError::invalid(field, reason));
+        }
+        if let Some((field, reason)) = config.policy.invalid() {
+            return Err(ConfigError::invalid(field, reason));
+        }
+        let k = &config.kestra;
+        if !k.url.is_empty() {
+            match reqwest::Url::parse(&k.url) {
+                Ok(url) if url.scheme() == "https" && url.host().is_some() => {}
+                _ => return Err(ConfigError::invalid("kestra.url", "must be an https:// URL (mutual TLS only)")),
+            }
+        }
+        if k.max_attempts == 0 || k.max_in_flight == 0 || k.poll_interval_ms == 0 {
+            return Err(ConfigError::invalid(
+                "kestra",
+                "max_attempts, max_in_flight and poll_interval_ms must be at least 1",
+            ));
+        }
+        if k.reconcile_wait_ms <= k.request_timeout_ms {
+            return Err(ConfigError::invalid("kestra.reconcile_wait_ms", "must exceed kestra.request_timeout_ms"));
         }
         if config.users.watch_streams == 0 {
             return Err(ConfigError::invalid("users.watch_streams", "must be at least 1"));

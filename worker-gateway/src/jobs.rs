@@ -2,6 +2,8 @@
 //! (`qiria_store::db`, the same pool and migrations runner as the issuer's). Every read and
 //! write takes the caller's [`Scope`]: the owner check is part of the query.
 
+use std::collections::BTreeMap;
+
 use qiria_runtime::clock::now_i64;
 use qiria_store::db;
 use sqlx::any::AnyRow;
@@ -12,8 +14,9 @@ use crate::pb::{Job, JobKind, JobState};
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-const COLUMNS: &str =
-    "id, owner, kind, state, reason, namespace, flow_id, execution_id, idempotency_key, created_at, updated_at";
+const COLUMNS: &str = "id, owner, kind, state, reason, namespace, flow_id, execution_id, idempotency_key, \
+     created_at, updated_at, kestra_state, outputs, payload, attempts, last_attempt_ms, attempt_pending, \
+     cancel_requested_by";
 
 /// A job to record.
 #[derive(Debug, Clone)]
@@ -151,37 +154,191 @@ impl JobStore {
         rows.iter().map(job).collect()
     }
 
-    /// Moves the job `id` (in `scope`) from a state in `from` to `to`; the job after the
-    /// change, or `None` when there is no such job in scope or it is in no state of `from`.
-    pub async fn transition(
-        &self,
-        id: &str,
-        scope: &Scope,
-        from: &[JobState],
-        to: JobState,
-        reason: &str,
-    ) -> Result<Option<Job>, sqlx::Error> {
-        let Some(current) = self.get(id, scope).await? else { return Ok(None) };
-        if !from.contains(&current.state()) {
-            return Ok(None);
-        }
+    /// Cancels the job `id` (in `scope`) if nothing of it has left the gateway: a queued script,
+    /// or a queued flow no create was sent for. `None` otherwise.
+    pub async fn cancel_unsent(&self, id: &str, scope: &Scope, reason: &str) -> Result<Option<Job>, sqlx::Error> {
         let (now, mut tx) = (now_i64(), self.pool.begin().await?);
-        // The state read above is the condition of the update: a concurrent change wins once.
-        let done = sqlx::query("UPDATE jobs SET state = $1, reason = $2, updated_at = $3 WHERE id = $4 AND state = $5")
-            .bind(state_name(to))
-            .bind(reason)
-            .bind(now)
-            .bind(id)
-            .bind(state_name(current.state()))
-            .execute(&mut *tx)
-            .await?;
-        if done.rows_affected() != 1 {
+        let (owner_clause, owner) = owner_clause(scope, 4);
+        let sql = format!(
+            "UPDATE jobs SET state = 'CANCELLED', reason = $1, updated_at = $2 WHERE id = $3 {owner_clause} \
+             AND state = 'QUEUED' AND (kind = 'SCRIPT' OR attempts = 0)"
+        );
+        let mut query = sqlx::query(&sql).bind(reason).bind(now).bind(id);
+        if let Some(owner) = owner {
+            query = query.bind(owner);
+        }
+        if query.execute(&mut *tx).await?.rows_affected() != 1 {
             return Ok(None);
         }
-        transition(&mut tx, id, state_name(to), reason, now).await?;
+        transition(&mut tx, id, "CANCELLED", reason, now).await?;
         tx.commit().await?;
         self.get(id, scope).await
     }
+
+    /// Records that `by` asked to cancel the live job `id` (in `scope`) whose work is in
+    /// Kestra or on its way there: the driver kills the execution. `None` when there is no
+    /// such live job in scope.
+    pub async fn request_cancel(&self, id: &str, scope: &Scope, by: &str) -> Result<Option<Job>, sqlx::Error> {
+        let (owner_clause, owner) = owner_clause(scope, 5);
+        let sql = format!(
+            "UPDATE jobs SET cancel_requested_by = CASE WHEN cancel_requested_by = '' THEN $1 \
+             ELSE cancel_requested_by END, reason = $2, updated_at = $3 WHERE id = $4 {owner_clause} \
+             AND state IN ('QUEUED', 'RUNNING')"
+        );
+        let reason = format!("cancel requested by {by}");
+        let mut query = sqlx::query(&sql).bind(by).bind(&reason).bind(now_i64()).bind(id);
+        if let Some(owner) = owner {
+            query = query.bind(owner);
+        }
+        if query.execute(&self.pool).await?.rows_affected() != 1 {
+            return Ok(None);
+        }
+        self.get(id, scope).await
+    }
+
+    /// Up to `limit` live flow jobs, least recently updated first: the driver's work list.
+    /// The store is the queue, so a restarted gateway resumes exactly where it stopped.
+    pub async fn live_flows(&self, limit: u32) -> Result<Vec<FlowWork>, sqlx::Error> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM jobs WHERE kind = 'FLOW' AND state IN ('QUEUED', 'RUNNING') \
+             ORDER BY updated_at, id LIMIT $1"
+        ))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(flow_work).collect()
+    }
+
+    /// Takes the next create attempt of flow job `id`, recorded before the create is sent:
+    /// `false` when another attempt, an execution, or a cancel got there first.
+    pub async fn claim_attempt(&self, id: &str, attempts_seen: i64) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query(
+            "UPDATE jobs SET attempts = attempts + 1, last_attempt_ms = $1, attempt_pending = 1 WHERE id = $2 \
+             AND attempts = $3 \
+             AND execution_id = '' AND state = 'QUEUED' AND cancel_requested_by = ''",
+        )
+        .bind(now_ms())
+        .bind(id)
+        .bind(attempts_seen)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Applies what was learnt of flow job `work` (from the state `work` was read in); the job
+    /// after the change, or `None` when nothing changed or the job moved on meanwhile.
+    pub async fn observe(&self, work: &Job, seen: &Observation) -> Result<Option<Job>, sqlx::Error> {
+        let execution_id = seen.execution_id.as_deref().unwrap_or(&work.execution_id);
+        let outputs = seen.outputs.as_ref().map(|o| serde_json::Value::Object(o.clone()).to_string());
+        let unchanged = seen.state == work.state()
+            && seen.reason == work.reason
+            && seen.kestra_state == work.kestra_state
+            && execution_id == work.execution_id
+            && outputs.is_none()
+            && !seen.not_sent;
+        if unchanged {
+            return Ok(None);
+        }
+        let (now, mut tx) = (now_i64(), self.pool.begin().await?);
+        // The state and execution read are the condition: a concurrent change wins once.
+        let done = sqlx::query(
+            "UPDATE jobs SET state = $1, reason = $2, kestra_state = $3, execution_id = $4, \
+             outputs = CASE WHEN $5 = '' THEN outputs ELSE $5 END, updated_at = $6, \
+             attempt_pending = CASE WHEN $10 = 1 THEN 0 ELSE attempt_pending END \
+             WHERE id = $7 AND state = $8 AND execution_id = $9",
+        )
+        .bind(state_name(seen.state))
+        .bind(&seen.reason)
+        .bind(&seen.kestra_state)
+        .bind(execution_id)
+        .bind(outputs.unwrap_or_default())
+        .bind(now)
+        .bind(&work.id)
+        .bind(state_name(work.state()))
+        .bind(&work.execution_id)
+        .bind(i64::from(seen.not_sent))
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Ok(None);
+        }
+        if seen.state != work.state() {
+            transition(&mut tx, &work.id, state_name(seen.state), &seen.reason, now).await?;
+        }
+        tx.commit().await?;
+        self.get(&work.id, &Scope::All).await
+    }
+}
+
+/// A live flow job as the driver sees it.
+#[derive(Debug, Clone)]
+pub struct FlowWork {
+    /// The job.
+    pub job: Job,
+    /// Its inputs.
+    pub inputs: BTreeMap<String, String>,
+    /// Its caller-given labels.
+    pub labels: BTreeMap<String, String>,
+    /// Create attempts sent so far.
+    pub attempts: i64,
+    /// When the last was sent (ms since the epoch).
+    pub last_attempt_ms: i64,
+    /// Whether the last attempt may have reached Kestra (then it is reconciled, not resent).
+    pub attempt_pending: bool,
+    /// Who asked to cancel it, if anyone.
+    pub cancel_requested_by: String,
+}
+
+/// What the driver learnt of a flow job.
+#[derive(Debug, Clone)]
+pub struct Observation {
+    /// The job's state now.
+    pub state: JobState,
+    /// Why.
+    pub reason: String,
+    /// Kestra's state.
+    pub kestra_state: String,
+    /// The execution, when just learnt.
+    pub execution_id: Option<String>,
+    /// The flow's outputs, once finished.
+    pub outputs: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The last create attempt is known not to have reached Kestra.
+    pub not_sent: bool,
+}
+
+/// `AND owner = $n` for an owner scope.
+fn owner_clause(scope: &Scope, n: u32) -> (String, Option<&str>) {
+    match scope {
+        Scope::All => (String::new(), None),
+        Scope::Owner(owner) => (format!("AND owner = ${n}"), Some(owner)),
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn flow_work(row: &AnyRow) -> Result<FlowWork, sqlx::Error> {
+    #[derive(serde::Deserialize, Default)]
+    #[serde(default)]
+    struct Payload {
+        inputs: BTreeMap<String, String>,
+        labels: BTreeMap<String, String>,
+    }
+    let payload: String = row.try_get("payload")?;
+    let payload: Payload = serde_json::from_str(&payload).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    Ok(FlowWork {
+        job: job(row)?,
+        inputs: payload.inputs,
+        labels: payload.labels,
+        attempts: row.try_get("attempts")?,
+        last_attempt_ms: row.try_get("last_attempt_ms")?,
+        attempt_pending: row.try_get::<i64, _>("attempt_pending")? != 0,
+        cancel_requested_by: row.try_get("cancel_requested_by")?,
+    })
 }
 
 async fn transition(
@@ -206,7 +363,8 @@ pub fn is_terminal(state: JobState) -> bool {
     matches!(state, JobState::Success | JobState::Failed | JobState::Cancelled)
 }
 
-fn state_name(state: JobState) -> &'static str {
+/// A state's name in the store and the audit trail.
+pub fn state_name(state: JobState) -> &'static str {
     match state {
         JobState::Unspecified | JobState::Queued => "QUEUED",
         JobState::Running => "RUNNING",
@@ -245,5 +403,34 @@ fn job(row: &AnyRow) -> Result<Job, sqlx::Error> {
         idempotency_key: row.try_get("idempotency_key")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
+        kestra_state: row.try_get("kestra_state")?,
+        outputs: outputs(&row.try_get::<String, _>("outputs")?),
     })
+}
+
+/// The stored outputs (JSON text) as a protobuf `Struct`.
+fn outputs(text: &str) -> Option<prost_types::Struct> {
+    match serde_json::from_str(text).ok()? {
+        serde_json::Value::Object(map) => Some(structure(map)),
+        _ => None,
+    }
+}
+
+fn structure(map: serde_json::Map<String, serde_json::Value>) -> prost_types::Struct {
+    prost_types::Struct { fields: map.into_iter().map(|(k, v)| (k, value(v))).collect() }
+}
+
+fn value(v: serde_json::Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    let kind = match v {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(b) => Kind::BoolValue(b),
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        serde_json::Value::String(s) => Kind::StringValue(s),
+        serde_json::Value::Array(items) => {
+            Kind::ListValue(prost_types::ListValue { values: items.into_iter().map(value).collect() })
+        }
+        serde_json::Value::Object(map) => Kind::StructValue(structure(map)),
+    };
+    prost_types::Value { kind: Some(kind) }
 }

@@ -2,16 +2,21 @@
 //!
 //! A call flows one way: `service` receives it → `caller` verifies the bearer token itself
 //! (zero trust: Envoy and authz are the first gate, not the only one) → `access` decides what
-//! the caller may see and do → `validate` checks every field before anything is stored →
-//! `jobs` records it (owner checks inside the queries) → `watch` tells open streams. `strict`
-//! is the wire codec that refuses fields the schema does not define. `errors`
-//! maps every failure to a gRPC status in one place; `server` wires; `config` says how.
+//! the caller may see and do, `flows` whether the policy's allowlist has the flow →
+//! `validate` checks every field before anything is stored → `jobs` records it (owner checks
+//! inside the queries) → `watch` tells open streams. Then `driver` takes flow jobs from the
+//! store to Kestra through `kestra` (mTLS, exactly one execution per job) and back. `strict`
+//! is the wire codec that refuses fields the schema does not define. `errors` maps every
+//! failure to a gRPC status in one place; `server` wires; `config` says how.
 
 pub mod access;
 pub mod caller;
 pub mod config;
+pub mod driver;
 pub mod errors;
+pub mod flows;
 pub mod jobs;
+pub mod kestra;
 pub mod server;
 pub mod service;
 pub mod strict;

@@ -1,18 +1,23 @@
-//! Wires the gateway: the job store, the verification keys (watched), the job API and the
-//! admin port.
+//! Wires the gateway: the job store, the verification keys and the policy (both watched), the
+//! Kestra connection (watched) and the driver, the job API and the admin port.
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use qiria_identity::TokenVerifier;
+use qiria_policy::LivePolicy;
 use qiria_runtime::health::ComponentStatus;
 use qiria_runtime::shutdown::Shutdown;
 use serde::Serialize;
 use tonic::transport::Server;
 use tracing::info;
 
-use crate::config::Config;
+use crate::config::{Config, KestraConfig};
+use crate::driver::{Driver, DriverSettings};
 use crate::jobs::JobStore;
+use crate::kestra::connection::{ConnectionFiles, LiveConnection};
+use crate::kestra::{KestraClient, KestraTarget};
 use crate::pb::job_service_server::JobServiceServer;
 use crate::service::Jobs;
 use crate::watch::Watchers;
@@ -21,18 +26,35 @@ use crate::watch::Watchers;
 #[derive(Debug, Default, Serialize)]
 struct Health {
     keys: ComponentStatus,
+    policy: ComponentStatus,
+    kestra: Option<ComponentStatus>,
 }
 
 struct Service {
     config: Config,
     verifier: Arc<TokenVerifier>,
+    policy: Arc<LivePolicy>,
+    kestra: Option<Arc<LiveConnection>>,
     health: Mutex<Health>,
 }
 
 impl Service {
+    fn health(&self) -> std::sync::MutexGuard<'_, Health> {
+        self.health.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn reload_keys(&self) {
-        let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
-        self.verifier.reload_keys(&self.config.jwt.keys_dir, &mut health.keys);
+        self.verifier.reload_keys(&self.config.jwt.keys_dir, &mut self.health().keys);
+    }
+
+    fn reload_policy(&self) {
+        self.policy.reload().record(&mut self.health().policy);
+    }
+
+    fn reload_kestra(&self) {
+        if let Some(kestra) = &self.kestra {
+            kestra.reload();
+        }
     }
 }
 
@@ -45,32 +67,53 @@ impl qiria_runtime::admin::AdminState for Service {
     }
 
     fn health(&self) -> (bool, serde_json::Value) {
-        let health = self.health.lock().unwrap_or_else(|p| p.into_inner());
-        (health.keys.active.is_some(), serde_json::to_value(&*health).unwrap_or_default())
+        let mut health = self.health();
+        health.kestra = self.kestra.as_ref().map(|k| k.status());
+        let kestra_ok = health.kestra.as_ref().is_none_or(|k| k.active.is_some());
+        let serving = health.keys.active.is_some() && health.policy.active.is_some() && kestra_ok;
+        (serving, serde_json::to_value(&*health).unwrap_or_default())
     }
 }
 
 /// Runs the gateway until `shutdown`.
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let store = JobStore::open(&config.store.database_url).await?;
+    let kestra = (!config.kestra.url.is_empty()).then(|| Arc::new(LiveConnection::new(files(&config.kestra))));
     let service = Arc::new(Service {
         verifier: Arc::new(TokenVerifier::new(&config.verifier())),
+        policy: Arc::new(LivePolicy::new(config.policy.dir.clone(), config.policy.bundle_options())),
+        kestra: kestra.clone(),
         health: Mutex::default(),
         config: config.clone(),
     });
     service.reload_keys();
-    let watched = service.clone();
-    qiria_runtime::watch::watch_dir(
-        "keys",
-        config.jwt.keys_dir.clone(),
-        Duration::from_millis(config.jwt.poll_interval_ms.max(100)),
-        move || watched.reload_keys(),
-    )?;
+    service.reload_policy();
+    service.reload_kestra();
+    let poll = |ms: u64| Duration::from_millis(ms.max(100));
+    watch(&service, "keys", config.jwt.keys_dir.clone(), poll(config.jwt.poll_interval_ms), Service::reload_keys)?;
+    watch(&service, "policy", config.policy.dir.clone(), poll(config.policy.poll_interval_ms), Service::reload_policy)?;
+    let watchers = Watchers::new(config.users.watch_streams);
+    let driver = match kestra {
+        Some(connection) => {
+            let k = &config.kestra;
+            let secrets = poll(k.secrets_poll_interval_ms);
+            watch(&service, "kestra-tls", k.tls_dir.clone(), secrets, Service::reload_kestra)?;
+            watch(&service, "kestra-credential", k.credential_dir.clone(), secrets, Service::reload_kestra)?;
+            let url = reqwest::Url::parse(&k.url)?;
+            let client = Arc::new(KestraClient::new(KestraTarget { url, tenant: k.tenant.clone() }, connection));
+            let driver = Arc::new(Driver::new(store.clone(), client, watchers.clone(), settings(k)));
+            tokio::spawn(driver.clone().run(shutdown.clone()));
+            Some(driver)
+        }
+        None => None,
+    };
     let jobs = Jobs {
         verifier: service.verifier.clone(),
         store,
-        watchers: Watchers::new(config.users.watch_streams),
+        watchers,
         limits: config.limits.clone(),
+        policy: service.policy.clone(),
+        driver,
     };
     let grpc_listener = qiria_runtime::net::bind(config.server.grpc_addr, "server.grpc_addr").await?;
     let admin_listener = qiria_runtime::net::bind(config.server.admin_addr, "server.admin_addr").await?;
@@ -82,4 +125,34 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         .await;
     let _ = admin.await;
     Ok(grpc?)
+}
+
+fn watch(
+    service: &Arc<Service>,
+    name: &'static str,
+    dir: PathBuf,
+    poll: Duration,
+    reload: fn(&Service),
+) -> std::io::Result<()> {
+    let watched = service.clone();
+    qiria_runtime::watch::watch_dir(name, dir, poll, move || reload(&watched)).map(drop)
+}
+
+fn files(k: &KestraConfig) -> ConnectionFiles {
+    ConnectionFiles {
+        tls_dir: k.tls_dir.clone(),
+        credential_dir: k.credential_dir.clone(),
+        connect_timeout: Duration::from_millis(k.connect_timeout_ms),
+        request_timeout: Duration::from_millis(k.request_timeout_ms),
+    }
+}
+
+fn settings(k: &KestraConfig) -> DriverSettings {
+    DriverSettings {
+        poll: Duration::from_millis(k.poll_interval_ms),
+        reconcile_wait: Duration::from_millis(k.reconcile_wait_ms),
+        max_attempts: i64::from(k.max_attempts),
+        max_in_flight: k.max_in_flight,
+        batch: 256,
+    }
 }

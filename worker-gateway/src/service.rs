@@ -1,31 +1,35 @@
 //! `qiria.jobs.v1.JobService`: each call authenticated, scoped, validated, then recorded.
-//!
-//! In this release a triggered flow is recorded and stays `QUEUED`, saying so in `reason`:
-//! the Kestra client and the scripting worker are the next steps of the gateway's work, and a
-//! job is never given a result it did not get.
+//! A recorded flow job is the driver's to send to Kestra (`driver`); a script job stays
+//! `QUEUED`, saying so in `reason`, until the scripting worker exists — a job is never given a
+//! result it did not get.
 
 use std::pin::Pin;
 use std::sync::Arc;
 
 use futures_util::Stream;
-use qiria_identity::TokenVerifier;
+use qiria_identity::{bearer_token, TokenVerifier};
+use qiria_policy::LivePolicy;
 use qiria_runtime::audit;
 use tonic::{Request, Response, Status};
 
 use crate::access::{self, Scope};
 use crate::caller::{authenticate, Caller};
+use crate::driver::Driver;
 use crate::errors::GatewayError;
+use crate::flows;
 use crate::jobs::{is_terminal, JobStore, NewJob};
 use crate::pb::job_service_server::JobService;
 use crate::pb::{
-    CancelJobRequest, GetJobRequest, Job, JobEvent, JobKind, JobState, ListJobsRequest, ListJobsResponse,
-    SubmitScriptRequest, TriggerFlowRequest, WatchJobRequest,
+    CancelJobRequest, GetJobRequest, Job, JobEvent, JobKind, ListJobsRequest, ListJobsResponse, SubmitScriptRequest,
+    TriggerFlowRequest, WatchJobRequest,
 };
 use crate::validate::{self, Limits};
 use crate::watch::Watchers;
 
-/// Why a flow job waits, until the Kestra client is wired.
-pub const FLOW_WAITS: &str = "waiting for the Kestra client, which this gateway does not have yet";
+/// Why a flow job waits when a Kestra is configured.
+pub const FLOW_SENDING: &str = "waiting to be sent to Kestra";
+/// Why a flow job waits when none is.
+pub const FLOW_WAITS: &str = "no Kestra is configured for this gateway (kestra.url); the job waits";
 /// Why a script job waits, until the scripting worker exists.
 pub const SCRIPT_WAITS: &str = "waiting for the scripting worker, which is not deployed yet";
 
@@ -39,6 +43,10 @@ pub struct Jobs {
     pub watchers: Arc<Watchers>,
     /// Field bounds.
     pub limits: Limits,
+    /// The policy that holds the flow allowlist.
+    pub policy: Arc<LivePolicy>,
+    /// Sends flow jobs to Kestra; `None` without a Kestra.
+    pub driver: Option<Arc<Driver>>,
 }
 
 type Result<T> = std::result::Result<Response<T>, Status>;
@@ -48,11 +56,18 @@ impl Jobs {
         authenticate(&self.verifier, request.metadata())
     }
 
+    fn wake_driver(&self) {
+        if let Some(driver) = &self.driver {
+            driver.wake();
+        }
+    }
+
     async fn submit(&self, caller: &Caller, new: NewJob) -> std::result::Result<Job, GatewayError> {
         let (job, created) = self.store.create(&new).await?;
         if created {
             audit::record(audit::AuditEvent::JobSubmitted { job: &job.id, owner: &job.owner, kind: kind(&job) });
             self.watchers.publish(&job);
+            self.wake_driver();
         } else {
             tracing::info!(job = %job.id, owner = %caller.subject, "same idempotency key: the existing job");
         }
@@ -84,13 +99,15 @@ impl JobService for Jobs {
         validate::flow_id(&r.flow_id)?;
         validate::inputs(&r.inputs, &self.limits)?;
         validate::labels(&r.labels, &self.limits)?;
+        let token = request.metadata().get("authorization").and_then(|v| v.to_str().ok()).and_then(bearer_token);
+        flows::may_trigger(&self.policy, token.unwrap_or_default(), &r.namespace, &r.flow_id)?;
         let new = NewJob {
             owner: caller.subject.clone(),
             kind: JobKind::Flow,
             namespace: r.namespace.clone(),
             flow_id: r.flow_id.clone(),
             idempotency_key: idempotency_key(&r.idempotency_key)?,
-            reason: FLOW_WAITS.into(),
+            reason: if self.driver.is_some() { FLOW_SENDING } else { FLOW_WAITS }.into(),
             payload: serde_json::json!({ "inputs": r.inputs, "labels": r.labels }),
         };
         Ok(Response::new(self.submit(&caller, new).await?))
@@ -147,22 +164,27 @@ impl JobService for Jobs {
         let scope = access::cancel_scope(&caller)?;
         let id = &request.get_ref().id;
         validate::job_id(id).map_err(|_| GatewayError::NotFound)?;
-        let live = [JobState::Queued, JobState::Running];
-        let reason = format!("cancelled by {}", caller.subject);
-        let changed = self.store.transition(id, &scope, &live, JobState::Cancelled, &reason).await;
-        match changed.map_err(GatewayError::from)? {
-            Some(job) => {
-                audit::record(audit::AuditEvent::JobCancelled { job: &job.id, owner: &job.owner, by: &caller.subject });
-                self.watchers.publish(&job);
-                Ok(Response::new(job))
-            }
-            None => match self.store.get(id, &scope).await.map_err(GatewayError::from)? {
-                Some(job) => {
-                    Err(GatewayError::FailedPrecondition(format!("the job is {:?} already", job.state())).into())
-                }
-                None => Err(GatewayError::NotFound.into()),
-            },
+        let by = &caller.subject;
+        let store = |e: sqlx::Error| Status::from(GatewayError::from(e));
+        let job = self.store.get(id, &scope).await.map_err(store)?.ok_or(GatewayError::NotFound)?;
+        if is_terminal(job.state()) {
+            return Err(GatewayError::FailedPrecondition(format!("the job is {:?} already", job.state())).into());
         }
+        // Nothing left the gateway: cancelled here and now. Otherwise the driver kills the
+        // execution (or one a lost answer may have made) and the job ends when Kestra says so.
+        let reason = format!("cancelled by {by}");
+        let cancelled = match self.store.cancel_unsent(id, &scope, &reason).await.map_err(store)? {
+            Some(job) => Some(job),
+            None => self.store.request_cancel(id, &scope, by).await.map_err(store)?,
+        };
+        let Some(job) = cancelled else {
+            let now = self.store.get(id, &scope).await.map_err(store)?.ok_or(GatewayError::NotFound)?;
+            return Err(GatewayError::FailedPrecondition(format!("the job is {:?} already", now.state())).into());
+        };
+        audit::record(audit::AuditEvent::JobCancelled { job: &job.id, owner: &job.owner, by });
+        self.watchers.publish(&job);
+        self.wake_driver();
+        Ok(Response::new(job))
     }
 
     type WatchJobStream = Pin<Box<dyn Stream<Item = std::result::Result<JobEvent, Status>> + Send>>;

@@ -66,7 +66,8 @@ pub fn inputs(inputs: &HashMap<String, String>, limits: &Limits) -> Result<(), G
     Ok(())
 }
 
-/// Labels: portable keys (`^[a-z][a-z0-9_-]*$`, never `system.`), non-empty bounded values.
+/// Labels: portable keys (`^[a-z][a-z0-9_-]*$`: never Kestra's `system.`, nor the gateway's
+/// own `qiria-`, which ties an execution to its job), non-empty bounded values.
 pub fn labels(labels: &HashMap<String, String>, limits: &Limits) -> Result<(), GatewayError> {
     if labels.len() > limits.max_labels {
         return Err(GatewayError::invalid("/labels", format!("at most {} labels", limits.max_labels)));
@@ -77,6 +78,9 @@ pub fn labels(labels: &HashMap<String, String>, limits: &Limits) -> Result<(), G
             && key.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_-".contains(c));
         check(ok, "/labels", "label keys are 1 to 64 of a-z 0-9 _ -, starting with a letter")?;
         let field = format!("/labels/{}", pointer(key));
+        if key.starts_with("qiria-") {
+            return Err(GatewayError::invalid(field, "keys starting with qiria- are the gateway's own"));
+        }
         if value.is_empty() {
             return Err(GatewayError::invalid(field, "must not be empty"));
         }

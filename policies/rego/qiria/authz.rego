@@ -43,6 +43,13 @@ required_permission := permission if {
 	permission := object.get(data.qiria.rbac.operations, [request_method, request_path], false)
 	permission != false
 } else := permission if {
+	# Triggering a flow: only flows on the allowlist (data.qiria.flows: namespace -> flow ->
+	# permission) have an operation at all; any other flow matches nothing and is denied.
+	request_method == "POST"
+	["v1", "flows", namespace, flow, "executions"] := input.parsed_path
+	permission := object.get(data.qiria.flows, [namespace, flow], false)
+	permission != false
+} else := permission if {
 	some route in object.get(data.qiria.rbac.route_patterns, request_method, [])
 	count(route.path) == count(input.parsed_path)
 	every i, segment in route.path {

@@ -49,7 +49,7 @@ test_auditor_reads_but_never_writes if {
 	authz.allow with input as req("GET", "/v1/audit/events", ["Auditor"])
 	authz.allow with input as req("GET", "/v1/admin/jobs", ["Auditor"])
 	not authz.allow with input as req("POST", "/v1/jobs/scripts", ["Auditor"])
-	not authz.allow with input as req("POST", "/v1/flows/prod/nightly/executions", ["Auditor"])
+	not authz.allow with input as req("POST", "/v1/flows/qiria.demo/hello/executions", ["Auditor"])
 }
 
 test_admin_manages_users_and_keys if {
@@ -57,9 +57,18 @@ test_admin_manages_users_and_keys if {
 	authz.allow with input as req("POST", "/qiria.admin.v1.KeyService/RotateKeys", ["Admin"])
 }
 
+test_only_allowlisted_flows_can_be_triggered if {
+	authz.allow with input as req("POST", "/v1/flows/qiria.demo/hello/executions", ["User"])
+	not authz.allow with input as req("POST", "/v1/flows/qiria.demo/payroll/executions", ["User"])
+	not authz.allow with input as req("POST", "/v1/flows/prod/nightly/executions", ["Admin"])
+	not authz.allow with input as req("GET", "/v1/flows/qiria.demo/hello/executions", ["User"])
+	# The permission an allowlist entry names is checked like any other.
+	not authz.allow with input as req("POST", "/v1/flows/ops/restart/executions", ["User"]) with data.qiria.flows as {"ops": {"restart": "users:manage"}}
+	authz.allow with input as req("POST", "/v1/flows/ops/restart/executions", ["Admin"]) with data.qiria.flows as {"ops": {"restart": "users:manage"}}
+}
+
 test_patterns_match_exactly_one_segment if {
-	authz.allow with input as req("POST", "/v1/flows/prod/nightly/executions", ["User"])
-	not authz.allow with input as req("POST", "/v1/flows/prod/executions", ["User"])
+	not authz.allow with input as req("POST", "/v1/flows/qiria.demo/executions", ["User"])
 	not authz.allow with input as req("GET", "/v1/jobs/42/logs", ["User"])
 }
 
