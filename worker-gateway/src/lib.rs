@@ -7,10 +7,12 @@
 //! inside the queries) → `watch` tells open streams. Then `driver` takes flow jobs from the
 //! store to Kestra through `kestra` (mTLS, exactly one execution per job) and back. `strict`
 //! is the wire codec that refuses fields the schema does not define. `errors` maps every
-//! failure to a gRPC status in one place; `server` wires; `config` says how.
+//! failure to a gRPC status in one place; `server` wires; `config` says how; `client` is the
+//! command-line client (`worker-gateway jobs`).
 
 pub mod access;
 pub mod caller;
+pub mod client;
 pub mod config;
 pub mod driver;
 pub mod errors;

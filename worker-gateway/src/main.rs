@@ -1,4 +1,5 @@
-//! `worker-gateway`: parses the command line and config, sets up logging, serves.
+//! `worker-gateway`: parses the command line and config, sets up logging, serves; or, as
+//! `worker-gateway jobs …`, calls the job API as a client.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,6 +16,8 @@ use worker_gateway::config::Config;
 enum Cli {
     /// Serve the job API (config: defaults < --config TOML < QIRIA_GATEWAY_* env < flags).
     Serve(ServeArgs),
+    /// Call the job API (token from QIRIA_TOKEN): trigger, get, list, cancel, watch.
+    Jobs(worker_gateway::client::JobsArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -40,7 +43,10 @@ struct ServeArgs {
 }
 
 fn main() -> ExitCode {
-    let Cli::Serve(args) = Cli::parse();
+    let args = match Cli::parse() {
+        Cli::Serve(args) => args,
+        Cli::Jobs(args) => return jobs(args),
+    };
     let overrides = Overrides::default()
         .set("server.grpc_addr", args.grpc_addr.clone())
         .set("server.admin_addr", args.admin_addr.clone())
@@ -55,6 +61,25 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("worker-gateway: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn jobs(args: worker_gateway::client::JobsArgs) -> ExitCode {
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(worker_gateway::client::run(args)));
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            match e.downcast_ref::<tonic::Status>() {
+                Some(status) => eprintln!("worker-gateway jobs: {:?}: {}", status.code(), status.message()),
+                None => eprintln!("worker-gateway jobs: {e:#}"),
+            }
             ExitCode::from(2)
         }
     }

@@ -1,16 +1,21 @@
 //! The Kestra contract double as a program, for tests and the local stack:
-//! `kestra-double --config FILE.json` (see `qiria_test_support::kestra::config`).
+//! - `kestra-double --config FILE.json` serves (see `qiria_test_support::kestra::config`);
+//! - `kestra-double init DIR LISTEN` writes a fresh PKI and `DIR/kestra-double.json`, and the
+//!   client side the worker-gateway reads: `DIR/gateway-tls/` and `DIR/gateway-credential/`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+use qiria_test_support::kestra::{KestraOptions, Setup};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let mut args = std::env::args().skip(1);
-    let config = match (args.next().as_deref(), args.next(), args.next()) {
-        (Some("--config"), Some(path), None) => PathBuf::from(path),
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let config = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        ["--config", path] => PathBuf::from(path),
+        ["init", dir, listen] => return init(Path::new(dir), listen),
         _ => {
-            eprintln!("usage: kestra-double --config FILE.json");
+            eprintln!("usage: kestra-double --config FILE.json | kestra-double init DIR LISTEN");
             return ExitCode::from(2);
         }
     };
@@ -25,6 +30,17 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("kestra-double: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init(dir: &Path, listen: &str) -> ExitCode {
+    let setup = Setup::write(dir, listen, KestraOptions::default());
+    match setup.write_client(&dir.join("gateway-tls"), &dir.join("gateway-credential")) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kestra-double init: {e}");
             ExitCode::FAILURE
         }
     }

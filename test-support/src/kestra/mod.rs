@@ -63,6 +63,64 @@ impl Default for KestraOptions {
     }
 }
 
+/// A double's files: its PKI, its config, and the credential it demands.
+pub struct Setup {
+    /// `kestra-double.json`.
+    pub config: PathBuf,
+    /// The CA of the server's and the client's certificates.
+    pub ca_pem: PathBuf,
+    /// A client certificate the double accepts.
+    pub client_cert_pem: PathBuf,
+    /// Its key.
+    pub client_key_pem: PathBuf,
+    /// The credential.
+    pub credential: Credential,
+}
+
+impl Setup {
+    /// Writes a fresh PKI (`ca.pem`, `server.pem`/`server.key`, `client.pem`/`client.key`)
+    /// and `kestra-double.json` (listening on `listen`) into `dir`.
+    pub fn write(dir: &Path, listen: &str, options: KestraOptions) -> Self {
+        std::fs::create_dir_all(dir).expect("double dir");
+        let pki = crate::tls::pki("spiffe://qiria.test/ns/qiria/sa/worker-gateway");
+        let file = |name: &str, pem: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, pem).expect("PKI file");
+            path
+        };
+        let ca_pem = file("ca.pem", &pki.ca_pem);
+        let server_pem = file("server.pem", &pki.server_cert_pem);
+        let server_key = file("server.key", &pki.server_key_pem);
+        let client_cert_pem = file("client.pem", &pki.client_cert_pem);
+        let client_key_pem = file("client.key", &pki.client_key_pem);
+        let credential = match options.credential {
+            CredentialKind::Basic => Credential::Basic { username: USERNAME.to_string(), password: secret() },
+            CredentialKind::Bearer => Credential::Bearer { token: secret() },
+        };
+        let config = config::Config {
+            listen: listen.to_string(),
+            tls: config::TlsFiles { cert: server_pem, key: server_key, client_ca: ca_pem.clone() },
+            credential: credential.clone(),
+            tenant: options.tenant,
+            index_delay_ms: options.index_delay_ms,
+            public_url: None,
+            max_executions: options.max_executions,
+            max_body_bytes: options.max_body_bytes,
+            flows: options.flows,
+        };
+        let path = dir.join("kestra-double.json");
+        std::fs::write(&path, serde_json::to_vec_pretty(&config).expect("config JSON")).expect("config file");
+        Self { config: path, ca_pem, client_cert_pem, client_key_pem, credential }
+    }
+
+    /// Writes the client side as the gateway reads it: `tls_dir/{ca.crt, tls.crt, tls.key}`
+    /// (a Kubernetes TLS secret's names) and `credential_dir/{username, password}` or `token`.
+    pub fn write_client(&self, tls_dir: &Path, credential_dir: &Path) -> std::io::Result<()> {
+        write_tls(&self.ca_pem, &self.client_cert_pem, &self.client_key_pem, tls_dir)?;
+        write_credential(&self.credential, credential_dir)
+    }
+}
+
 /// A running double.
 pub struct KestraDouble {
     port: u16,
@@ -83,46 +141,19 @@ impl KestraDouble {
     /// `kestra-double.json` into `dir`, starts the binary on a free port and waits until it
     /// answers `/ping` over mutual TLS. Panics with its output if it does not.
     pub async fn start(dir: &Path, options: KestraOptions) -> Self {
-        std::fs::create_dir_all(dir).expect("double dir");
-        let pki = crate::tls::pki("spiffe://qiria.test/ns/qiria/sa/worker-gateway");
-        let file = |name: &str, pem: &str| {
-            let path = dir.join(name);
-            std::fs::write(&path, pem).expect("PKI file");
-            path
-        };
-        let ca_pem = file("ca.pem", &pki.ca_pem);
-        let server_pem = file("server.pem", &pki.server_cert_pem);
-        let server_key = file("server.key", &pki.server_key_pem);
-        let client_cert_pem = file("client.pem", &pki.client_cert_pem);
-        let client_key_pem = file("client.key", &pki.client_key_pem);
-        let credential = match options.credential {
-            CredentialKind::Basic => Credential::Basic { username: USERNAME.to_string(), password: secret() },
-            CredentialKind::Bearer => Credential::Bearer { token: secret() },
-        };
         let port = free_port();
-        let config = config::Config {
-            listen: format!("127.0.0.1:{port}"),
-            tls: config::TlsFiles { cert: server_pem, key: server_key, client_ca: ca_pem.clone() },
-            credential: credential.clone(),
-            tenant: options.tenant.clone(),
-            index_delay_ms: options.index_delay_ms,
-            public_url: None,
-            max_executions: options.max_executions,
-            max_body_bytes: options.max_body_bytes,
-            flows: options.flows,
-        };
-        let config_path = dir.join("kestra-double.json");
-        std::fs::write(&config_path, serde_json::to_vec_pretty(&config).expect("config JSON")).expect("config file");
-        let args = vec!["--config".to_string(), config_path.display().to_string()];
+        let tenant = options.tenant.clone();
+        let setup = Setup::write(dir, &format!("127.0.0.1:{port}"), options);
+        let args = vec!["--config".to_string(), setup.config.display().to_string()];
         let log = dir.join("kestra-double.log");
         let process =
             Process::spawn("kestra-double", &binary("kestra-double"), &args, &log).expect("start kestra-double");
-        let client = mtls_client_builder(&ca_pem, Some((&client_cert_pem, &client_key_pem)))
+        let client = mtls_client_builder(&setup.ca_pem, Some((&setup.client_cert_pem, &setup.client_key_pem)))
             .timeout(Duration::from_secs(10))
             .build()
             .expect("mTLS client");
-        let mut double =
-            Self { port, tenant: options.tenant, credential, ca_pem, client_cert_pem, client_key_pem, client, process };
+        let Setup { credential, ca_pem, client_cert_pem, client_key_pem, .. } = setup;
+        let mut double = Self { port, tenant, credential, ca_pem, client_cert_pem, client_key_pem, client, process };
         double.wait_ready().await;
         double
     }
@@ -194,23 +225,13 @@ impl KestraDouble {
     /// Writes the credential as the gateway reads it: `username` and `password` files, or a
     /// `token` file, in `dir` (created, files `0600`).
     pub fn write_credential(&self, dir: &Path) -> std::io::Result<()> {
-        std::fs::create_dir_all(dir)?;
-        match &self.credential {
-            Credential::Basic { username, password } => {
-                write_secret(&dir.join("username"), username)?;
-                write_secret(&dir.join("password"), password)
-            }
-            Credential::Bearer { token } => write_secret(&dir.join("token"), token),
-        }
+        write_credential(&self.credential, dir)
     }
 
     /// Writes the client's TLS files as a Kubernetes `kubernetes.io/tls` secret mounts them
     /// (`ca.crt`, `tls.crt`, `tls.key`) in `dir`: what the gateway's mTLS reads.
     pub fn write_tls_secret(&self, dir: &Path) -> std::io::Result<()> {
-        std::fs::create_dir_all(dir)?;
-        std::fs::copy(&self.ca_pem, dir.join("ca.crt"))?;
-        std::fs::copy(&self.client_cert_pem, dir.join("tls.crt"))?;
-        write_secret(&dir.join("tls.key"), &std::fs::read_to_string(&self.client_key_pem)?)
+        write_tls(&self.ca_pem, &self.client_cert_pem, &self.client_key_pem, dir)
     }
 
     /// A client with the accepted client certificate and the CA pinned; it sends no
@@ -307,6 +328,25 @@ pub fn mtls_client_builder(ca_pem: &Path, identity: Option<(&Path, &Path)>) -> r
         builder = builder.identity(reqwest::Identity::from_pem(&pem).expect("client identity"));
     }
     builder
+}
+
+/// `ca.crt`, `tls.crt`, `tls.key` in `dir`, as a Kubernetes TLS secret mounts them.
+fn write_tls(ca: &Path, cert: &Path, key: &Path, dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::copy(ca, dir.join("ca.crt"))?;
+    std::fs::copy(cert, dir.join("tls.crt"))?;
+    write_secret(&dir.join("tls.key"), &std::fs::read_to_string(key)?)
+}
+
+fn write_credential(credential: &Credential, dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    match credential {
+        Credential::Basic { username, password } => {
+            write_secret(&dir.join("username"), username)?;
+            write_secret(&dir.join("password"), password)
+        }
+        Credential::Bearer { token } => write_secret(&dir.join("token"), token),
+    }
 }
 
 fn secret() -> String {
