@@ -62,7 +62,7 @@ async fn policy_edit_under_load_switches_with_no_wrong_decision() {
     // Add an operation by editing the data document in place.
     let data_path = stack.policy_dir.join("qiria/data.json");
     let mut data: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&data_path).unwrap()).unwrap();
-    data["rbac"]["operations"]["GET"]["/v1/reports/daily"] = "jobs:read-own".into();
+    data["rbac"]["operations"]["GET"]["/v1/reports/daily"] = "jobs:read".into();
     std::fs::write(&data_path, serde_json::to_string_pretty(&data).unwrap()).unwrap();
     let new_revision = stack.authz.wait_for_revision_change(&old_revision).await;
     tokio::time::sleep(Duration::from_millis(500)).await;

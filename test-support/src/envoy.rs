@@ -47,6 +47,25 @@ pub fn command_line(config: &std::path::Path, log_level: &str) -> Vec<String> {
         .collect()
 }
 
+/// `text` without its blocks from a `# NAME: begin` line to the next `# NAME: end` line.
+pub fn without_blocks(text: &str, name: &str) -> String {
+    let (begin, end) = (format!("# {name}: begin"), format!("# {name}: end"));
+    let mut inside = false;
+    let mut kept = String::with_capacity(text.len());
+    for line in text.lines() {
+        let marker = line.trim_start();
+        if marker.starts_with(&begin) {
+            inside = true;
+        } else if marker.starts_with(&end) {
+            inside = false;
+        } else if !inside {
+            kept.push_str(line);
+            kept.push('\n');
+        }
+    }
+    kept
+}
+
 /// Renders `template` (relative to the workspace) with `{{NAME}}` → value.
 pub fn render(template: &str, values: &[(&str, String)]) -> String {
     let mut text = std::fs::read_to_string(workspace_root().join(template)).expect("envoy template");
@@ -64,7 +83,10 @@ impl Envoy {
         Self::start_with_gateway(authz_port, upstream_port, issuer, None).await
     }
 
-    /// The same, with the job API's route to the worker-gateway at `gateway_port`.
+    /// The same, with the job API's routes to the worker-gateway at `gateway_port`. Without
+    /// one, the gRPC route goes to the upstream and the REST routes (the template's
+    /// `gateway-rest` blocks) are left out: `/v1/jobs…` and `/v1/flows/…` are then plain
+    /// upstream routes, the stand-in API authz's own tests call (no token forwarded).
     pub async fn start_with_gateway(
         authz_port: u16,
         upstream_port: u16,
@@ -87,6 +109,7 @@ impl Envoy {
                 ("ACCESS_LOG", access_log.display().to_string()),
             ],
         );
+        let config = if gateway_port.is_some() { config } else { without_blocks(&config, "gateway-rest") };
         let config_path = dir.path().join("envoy.yaml");
         std::fs::write(&config_path, config).expect("write envoy config");
         let args = command_line(&config_path, "warn");
@@ -102,6 +125,44 @@ impl Envoy {
             process.fail("did not become ready");
         }
         Self { port, admin_port, access_log, process, _dir: dir }
+    }
+
+    /// Starts Envoy with any `template` (relative to the workspace) and waits until it is
+    /// ready. `LISTEN_PORT`, `ADMIN_PORT` and `ACCESS_LOG` are filled here; `values` fill the
+    /// template's other placeholders (ports, certificate files…).
+    pub async fn start_from(template: &str, values: &[(&str, String)]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (port, admin_port) = (free_port(), free_port());
+        let access_log = dir.path().join("access.log");
+        let mut all = vec![
+            ("LISTEN_PORT", port.to_string()),
+            ("ADMIN_PORT", admin_port.to_string()),
+            ("ACCESS_LOG", access_log.display().to_string()),
+        ];
+        all.extend(values.iter().cloned());
+        let config = render(template, &all);
+        let unfilled = config.lines().find(|l| !l.trim_start().starts_with('#') && l.contains("{{"));
+        assert!(unfilled.is_none(), "{template}: a placeholder was left unfilled: {unfilled:?}");
+        let config_path = dir.path().join("envoy.yaml");
+        std::fs::write(&config_path, config).expect("write envoy config");
+        let args = command_line(&config_path, "warn");
+        let mut process =
+            Process::spawn("envoy", &binary(), &args, &dir.path().join("envoy.log")).expect("start envoy");
+        let ready_url = format!("http://127.0.0.1:{admin_port}/ready");
+        let ready = wait_until(Duration::from_secs(30), || {
+            let url = ready_url.clone();
+            async move { reqwest::get(url).await.is_ok_and(|r| r.status().is_success()) }
+        })
+        .await;
+        if !ready || !process.is_running() {
+            process.fail("did not become ready");
+        }
+        Self { port, admin_port, access_log, process, _dir: dir }
+    }
+
+    /// `https://127.0.0.1:<port><path>`, for a listener that terminates TLS.
+    pub fn https_url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{}", self.port, path)
     }
 
     /// `http://127.0.0.1:<port><path>`.

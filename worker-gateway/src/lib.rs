@@ -6,8 +6,10 @@
 //! `validate` checks every field before anything is stored → `jobs` records it (owner checks
 //! inside the queries) → `watch` tells open streams. Then `driver` takes flow jobs from the
 //! store to Kestra through `kestra` (mTLS, exactly one execution per job) and back. `strict`
-//! is the wire codec that refuses fields the schema does not define. `errors` maps every
-//! failure to a gRPC status in one place; `server` wires; `config` says how; `client` is the
+//! is the wire codec that refuses fields the schema does not define; `rest` serves the same
+//! API as REST/JSON on the same port, calling the same `service`, with `json` its codec (the
+//! same descriptors). `errors` maps every failure to a gRPC status, and that to an HTTP
+//! status, in one place; `server` wires; `config` says how; `client` is the
 //! command-line client (`worker-gateway jobs`).
 
 pub mod access;
@@ -18,7 +20,9 @@ pub mod driver;
 pub mod errors;
 pub mod flows;
 pub mod jobs;
+pub mod json;
 pub mod kestra;
+pub mod rest;
 pub mod server;
 pub mod service;
 pub mod strict;

@@ -1,16 +1,17 @@
 //! Wires the gateway: the job store, the verification keys and the policy (both watched), the
-//! Kestra connection (watched) and the driver, the job API and the admin port.
+//! Kestra connection (watched) and the driver, the job API (gRPC and REST on one port) and the
+//! admin port.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use qiria_identity::TokenVerifier;
 use qiria_policy::LivePolicy;
 use qiria_runtime::health::ComponentStatus;
 use qiria_runtime::shutdown::Shutdown;
 use serde::Serialize;
-use tonic::transport::Server;
 use tracing::info;
 
 use crate::config::{Config, KestraConfig};
@@ -18,7 +19,6 @@ use crate::driver::{Driver, DriverSettings};
 use crate::jobs::JobStore;
 use crate::kestra::connection::{ConnectionFiles, LiveConnection};
 use crate::kestra::{KestraClient, KestraTarget};
-use crate::pb::job_service_server::JobServiceServer;
 use crate::service::Jobs;
 use crate::watch::Watchers;
 
@@ -107,24 +107,27 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let jobs = Jobs {
+    let jobs = Arc::new(Jobs {
         verifier: service.verifier.clone(),
         store,
         watchers,
         limits: config.limits.clone(),
         policy: service.policy.clone(),
         driver,
-    };
-    let grpc_listener = qiria_runtime::net::bind(config.server.grpc_addr, "server.grpc_addr").await?;
+    });
+    let api_listener = qiria_runtime::net::bind(config.server.grpc_addr, "server.grpc_addr").await?;
     let admin_listener = qiria_runtime::net::bind(config.server.admin_addr, "server.admin_addr").await?;
-    info!(grpc = %grpc_listener.local_addr()?, admin = %admin_listener.local_addr()?, "worker-gateway listening");
+    info!(api = %api_listener.local_addr()?, admin = %admin_listener.local_addr()?, "worker-gateway listening");
     let admin = tokio::spawn(qiria_runtime::admin::serve(admin_listener, service, shutdown.clone()));
-    let grpc = Server::builder()
-        .add_service(JobServiceServer::new(jobs))
-        .serve_with_incoming_shutdown(qiria_runtime::net::incoming(grpc_listener), shutdown.wait())
-        .await;
+    // axum serves HTTP/1.1 and h2 (prior knowledge, as gRPC clients and Envoy's h2 cluster
+    // speak it) on the one port. Nagle off, as `qiria_runtime::net::incoming` does: calls are
+    // small requests and small answers.
+    let listener = api_listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let api = axum::serve(listener, crate::rest::routes(jobs)).with_graceful_shutdown(shutdown.wait()).await;
     let _ = admin.await;
-    Ok(grpc?)
+    Ok(api?)
 }
 
 fn watch(

@@ -10,7 +10,7 @@ use std::sync::LazyLock;
 
 use prost::bytes::Buf;
 use prost::Message;
-use prost_reflect::{DescriptorPool, DynamicMessage, Value};
+use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, Value};
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
 use tonic::Status;
 use tonic_prost::ProstEncoder;
@@ -18,6 +18,12 @@ use tonic_prost::ProstEncoder;
 /// The job API's descriptors, parsed once.
 static POOL: LazyLock<Option<DescriptorPool>> =
     LazyLock::new(|| DescriptorPool::decode(crate::pb::DESCRIPTOR_SET).ok());
+
+/// The descriptor of the job API's message `full_name` (`qiria.jobs.v1.Job`), shared with the
+/// JSON form so that both read one schema.
+pub(crate) fn descriptor(full_name: &str) -> Option<MessageDescriptor> {
+    POOL.as_ref().and_then(|pool| pool.get_message_by_name(full_name))
+}
 
 /// A tonic codec: prost encoding, strict decoding.
 #[derive(Debug, Clone)]
@@ -60,9 +66,7 @@ impl<U: Message + prost::Name + Default> Decoder for StrictDecoder<U> {
         let bytes = buf.copy_to_bytes(buf.remaining());
         let invalid = |e: prost::DecodeError| Status::invalid_argument(format!("not a valid {}: {e}", U::NAME));
         // Fail closed: a descriptor set that does not know the message refuses it.
-        let descriptor = POOL
-            .as_ref()
-            .and_then(|pool| pool.get_message_by_name(&U::full_name()))
+        let descriptor = descriptor(&U::full_name())
             .ok_or_else(|| Status::internal(format!("no descriptor for {}", U::full_name())))?;
         let dynamic = DynamicMessage::decode(descriptor, bytes.clone()).map_err(invalid)?;
         if let Some(at) = unknown_field(&dynamic, "") {

@@ -132,7 +132,7 @@ fn check(ok: bool, field: &str, reason: &str) -> Result<(), GatewayError> {
 }
 
 /// `key` escaped for a JSON pointer (RFC 6901).
-fn pointer(key: &str) -> String {
+pub(crate) fn pointer(key: &str) -> String {
     key.replace('~', "~0").replace('/', "~1")
 }
 

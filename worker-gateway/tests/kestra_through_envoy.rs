@@ -304,5 +304,17 @@ async fn a_wrong_client_certificate_an_unknown_ca_or_a_bad_credential_fail_close
     let (_, done) = watch_to_end(&direct, &alice, &job.id).await;
     assert_eq!(done.state(), JobState::Failed);
     assert!(done.reason.contains("refused the gateway's credential (401)"), "{}", done.reason);
-    assert!(!gateway.output().contains("not-the-password"), "the credential reached the log");
+
+    // The mounted secret is fixed (as a rotated Kubernetes secret would be): the gateway
+    // reloads it by itself, and the next job runs.
+    w.kestra.write_credential(&credential).unwrap();
+    let fixed = wait_until(Duration::from_secs(20), || async {
+        let job = submit(&direct, &alice, trigger("qiria.demo", "hello", &[("name", "x")], "")).await.expect("trigger");
+        watch_to_end(&direct, &alice, &job.id).await.1.state() == JobState::Success
+    })
+    .await;
+    assert!(fixed, "the new credential was never used:\n{}", gateway.output());
+    let log = gateway.output();
+    assert!(log.matches("Kestra connection loaded").count() >= 2, "reloaded: {log}");
+    assert!(!log.contains("not-the-password") && !log.contains(w.kestra.authorization().as_str()), "credential logged");
 }

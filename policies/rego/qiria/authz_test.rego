@@ -45,6 +45,20 @@ test_auditor_reads_any_job_over_the_job_api_and_submits_or_cancels_nothing if {
 	not authz.allow with input as req("POST", "/qiria.jobs.v1.JobService/CancelJob", ["Auditor"])
 }
 
+test_user_calls_every_rest_route_of_the_job_api if {
+	authz.allow with input as req("GET", "/v1/jobs", ["User"])
+	authz.allow with input as req("GET", "/v1/jobs/42/events", ["User"])
+	authz.allow with input as req("POST", "/v1/jobs/42/cancel", ["User"])
+}
+
+test_auditor_reads_jobs_over_rest_as_over_grpc if {
+	# The gateway shows an Auditor every job, whichever form asks.
+	authz.allow with input as req("GET", "/v1/jobs", ["Auditor"])
+	authz.allow with input as req("GET", "/v1/jobs/42", ["Auditor"])
+	authz.allow with input as req("GET", "/v1/jobs/42/events", ["Auditor"])
+	not authz.allow with input as req("POST", "/v1/jobs/42/cancel", ["Auditor"])
+}
+
 test_auditor_reads_but_never_writes if {
 	authz.allow with input as req("GET", "/v1/audit/events", ["Auditor"])
 	authz.allow with input as req("GET", "/v1/admin/jobs", ["Auditor"])
@@ -66,6 +80,27 @@ test_only_allowlisted_flows_can_be_triggered if {
 	not authz.allow with input as req("POST", "/v1/flows/ops/restart/executions", ["User"]) with data.qiria.flows as {"ops": {"restart": "users:manage"}}
 	authz.allow with input as req("POST", "/v1/flows/ops/restart/executions", ["Admin"]) with data.qiria.flows as {"ops": {"restart": "users:manage"}}
 }
+
+# Each REST route of the job API needs the permission its gRPC method needs, so every role
+# gets the same answer from both forms (the gateway then scopes both the same way).
+same_permission_as_grpc(method, path, rpc) if {
+	rest := authz.required_permission with input as req(method, path, ["User"])
+	grpc_path := concat("", ["/qiria.jobs.v1.JobService/", rpc])
+	grpc := authz.required_permission with input as req("POST", grpc_path, ["User"])
+	rest == grpc
+}
+
+test_rest_trigger_flow_as_grpc if same_permission_as_grpc("POST", "/v1/flows/qiria.demo/hello/executions", "TriggerFlow")
+
+test_rest_submit_script_as_grpc if same_permission_as_grpc("POST", "/v1/jobs/scripts", "SubmitScript")
+
+test_rest_get_job_as_grpc if same_permission_as_grpc("GET", "/v1/jobs/42", "GetJob")
+
+test_rest_list_jobs_as_grpc if same_permission_as_grpc("GET", "/v1/jobs", "ListJobs")
+
+test_rest_cancel_job_as_grpc if same_permission_as_grpc("POST", "/v1/jobs/42/cancel", "CancelJob")
+
+test_rest_watch_job_as_grpc if same_permission_as_grpc("GET", "/v1/jobs/42/events", "WatchJob")
 
 test_patterns_match_exactly_one_segment if {
 	not authz.allow with input as req("POST", "/v1/flows/qiria.demo/executions", ["User"])
