@@ -492,6 +492,9 @@ impl PolicyBundle {
             .iter()
             .map(|name| {
                 let mut engine = self.engine.clone();
+                // A test runs at load, not on a request: the request limit (wall time inside
+                // regorus) would fail a bundle's tests on a busy machine (85 ms seen in CI).
+                engine.set_execution_timer_config(timer(self.eval_timeout.max(PREPARE_TIMEOUT)));
                 let failure = match engine.eval_rule(name.clone()) {
                     Ok(Value::Bool(true)) => None,
                     Ok(Value::Undefined) => Some("undefined".to_string()),
@@ -697,6 +700,15 @@ mod tests {
         std::fs::write(dir.path().join("x/data.json"), r#"{"v":1}"#).unwrap();
         let bundle = PolicyBundle::load_dir(dir.path(), &options()).unwrap();
         assert_eq!(dir_fingerprint(dir.path()).unwrap(), bundle.revision());
+    }
+
+    #[test]
+    fn http_send_which_regorus_only_stubs_is_refused_at_load() {
+        let err = bundle(
+            "package t\nimport rego.v1\nallow if http.send({\"method\": \"get\", \"url\": \"x\"}).status_code == 200\n",
+        )
+        .unwrap_err();
+        assert!(matches!(&err, PolicyError::UnknownFunction { name, line: 3, .. } if name == "http.send"), "{err}");
     }
 
     #[test]
