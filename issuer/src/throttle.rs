@@ -2,27 +2,19 @@
 //! crate) per client address — an IPv6 client by its /64, since one host holds the whole
 //! prefix — and per username, and a lockout after repeated failed logins.
 //!
-//! governor's own keyed store is an unbounded map; here every keyed state lives in a bounded
-//! moka cache (governor's `StateStore` over its `InMemoryState`), so an attacker cycling
-//! addresses or usernames cannot grow memory. An evicted or idle key starts afresh, which is
-//! where its bucket would have refilled to anyway.
+//! The limiters are `qiria_runtime::rate`'s, whose keyed state is bounded: an attacker cycling
+//! addresses or usernames cannot grow memory.
 //!
 //! The lockout is one lock-protected record per username: an attempt is admitted and counted
 //! in flight in one step, so parallel guesses cannot pass the limit between a check and a
 //! count; a lock lasts its configured time from the moment it locks.
 
-use std::hash::Hash;
 use std::net::IpAddr;
-use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use governor::clock::MonotonicClock;
-use governor::middleware::NoOpMiddleware;
-use governor::nanos::Nanos;
-use governor::state::{InMemoryState, NotKeyed, StateStore};
-use governor::{Quota, RateLimiter};
 use moka::sync::Cache;
+use qiria_runtime::rate::KeyedRateLimiter;
 
 /// Keys (addresses, usernames) a limiter remembers at most.
 const MAX_KEYS: u64 = 100_000;
@@ -40,47 +32,6 @@ pub struct ThrottleSettings {
     pub lockout: Duration,
 }
 
-/// governor state per key, in a bounded cache.
-struct BoundedStore<K: Hash + Eq + Clone + Send + Sync + 'static> {
-    states: Cache<K, Arc<InMemoryState>>,
-}
-
-impl<K: Hash + Eq + Clone + Send + Sync + 'static> StateStore for BoundedStore<K> {
-    type Key = K;
-
-    fn measure_and_replace<T, F, E>(&self, key: &K, f: F) -> Result<T, E>
-    where
-        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
-    {
-        let state = self.states.get_with(key.clone(), || Arc::new(InMemoryState::default()));
-        state.measure_and_replace(&NotKeyed::NonKey, f)
-    }
-}
-
-/// A per-key GCRA limiter of `per_minute` events, bursts of up to the same number.
-struct Limiter<K: Hash + Eq + Clone + Send + Sync + 'static>(
-    RateLimiter<
-        K,
-        BoundedStore<K>,
-        MonotonicClock,
-        NoOpMiddleware<<MonotonicClock as governor::clock::Clock>::Instant>,
-    >,
-);
-
-impl<K: Hash + Eq + Clone + Send + Sync + 'static> Limiter<K> {
-    fn per_minute(per_minute: u32) -> Self {
-        let n = NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN);
-        let quota = Quota::per_minute(n);
-        // Idle for a minute, a key's bucket is full again: forgetting it then changes nothing.
-        let states = Cache::builder().max_capacity(MAX_KEYS).time_to_idle(Duration::from_secs(60)).build();
-        Self(RateLimiter::new(quota, BoundedStore { states }, MonotonicClock))
-    }
-
-    fn admit(&self, key: &K) -> bool {
-        self.0.check_key(key).is_ok()
-    }
-}
-
 /// One username's failed logins and lock.
 #[derive(Debug, Default)]
 struct LoginRecord {
@@ -91,9 +42,9 @@ struct LoginRecord {
 
 /// The token endpoint's limiter.
 pub struct Throttle {
-    per_ip: Limiter<IpAddr>,
-    revoke_per_ip: Limiter<IpAddr>,
-    per_user: Limiter<String>,
+    per_ip: KeyedRateLimiter<IpAddr>,
+    revoke_per_ip: KeyedRateLimiter<IpAddr>,
+    per_user: KeyedRateLimiter<String>,
     logins: Cache<String, Arc<Mutex<LoginRecord>>>,
     lockout_failures: u32,
     lockout: Duration,
@@ -144,9 +95,9 @@ impl Throttle {
     pub fn new(settings: &ThrottleSettings) -> Self {
         let lockout_failures = settings.lockout_failures.max(1);
         Self {
-            per_ip: Limiter::per_minute(settings.per_ip_per_minute),
-            revoke_per_ip: Limiter::per_minute(settings.per_ip_per_minute),
-            per_user: Limiter::per_minute(settings.per_user_per_minute),
+            per_ip: KeyedRateLimiter::per_minute(settings.per_ip_per_minute, MAX_KEYS),
+            revoke_per_ip: KeyedRateLimiter::per_minute(settings.per_ip_per_minute, MAX_KEYS),
+            per_user: KeyedRateLimiter::per_minute(settings.per_user_per_minute, MAX_KEYS),
             // A record outlives its lock; idle longer than a lockout, it has nothing to say.
             logins: Cache::builder()
                 .max_capacity(MAX_KEYS)

@@ -2,8 +2,8 @@
 //! (`config`), logging setup (`logging`), the admin server with `/metrics` and `/health`
 //! (`admin`, `health`), typed audit events and their sink (`audit`), graceful shutdown
 //! (`shutdown`), one clock (`clock`), mounted-secret directories (`secret_dir`) and keeping
-//! their consumers fresh (`watch`), accepted connections without Nagle (`net`), and per-thread
-//! slots for striped data (`thread_slot`).
+//! their consumers fresh (`watch`), accepted connections without Nagle (`net`), bounded per-key rate limits
+//! (`rate`), and per-thread slots for striped data (`thread_slot`).
 //!
 //! Nothing here knows a service's domain: no tokens, policies, users or Envoy types.
 
@@ -14,6 +14,7 @@ pub mod config;
 pub mod health;
 pub mod logging;
 pub mod net;
+pub mod rate;
 pub mod secret_dir;
 pub mod shutdown;
 pub mod thread_slot;
