@@ -144,6 +144,22 @@ pub enum AuditEvent<'a> {
         /// The Kestra execution, if it has one.
         execution: &'a str,
     },
+    /// Finished jobs past their retention were deleted.
+    JobsExpired {
+        /// How many.
+        count: u64,
+    },
+    /// An Admin erased a user's finished jobs (their inputs and results are personal data).
+    JobsErased {
+        /// Whose.
+        owner: &'a str,
+        /// Who asked.
+        by: &'a str,
+        /// How many were deleted.
+        count: u64,
+        /// How many were still live (a cancel was asked for; erase again once they end).
+        live: u64,
+    },
     /// An admin API call was carried out.
     AdminAction {
         /// The verified subject who asked.
@@ -213,6 +229,10 @@ pub fn record(event: AuditEvent<'_>) {
         }
         AuditEvent::JobStateChanged { job, owner, state, execution } => {
             info!(target: "qiria::audit", event = "job_state_changed", job, owner, state, execution)
+        }
+        AuditEvent::JobsExpired { count } => info!(target: "qiria::audit", event = "jobs_expired", count),
+        AuditEvent::JobsErased { owner, by, count, live } => {
+            info!(target: "qiria::audit", event = "jobs_erased", owner, by, count, live)
         }
         AuditEvent::AdminAction { actor, action, target } => {
             info!(target: "qiria::audit", event = "admin_action", actor, action, target)

@@ -46,6 +46,15 @@ pub fn cancel_scope(caller: &Caller) -> Result<Scope, GatewayError> {
     }
 }
 
+/// May the caller erase another user's jobs?
+pub fn may_erase(caller: &Caller) -> Result<(), GatewayError> {
+    if caller.has("Admin") {
+        Ok(())
+    } else {
+        Err(GatewayError::Forbidden("only an Admin erases a user's jobs"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -62,5 +71,7 @@ mod tests {
         assert!(cancel_scope(&caller(&["Auditor"])).is_err());
         assert_eq!(cancel_scope(&caller(&["Admin"])).unwrap(), Scope::All);
         assert!(read_scope(&caller(&[])).is_err());
+        assert!(may_erase(&caller(&["User"])).is_err() && may_erase(&caller(&["Auditor"])).is_err());
+        assert!(may_erase(&caller(&["Admin"])).is_ok());
     }
 }

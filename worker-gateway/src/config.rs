@@ -26,6 +26,8 @@ pub struct Config {
     pub limits: Limits,
     /// Per-user bounds.
     pub users: UserLimits,
+    /// How long finished jobs are kept.
+    pub retention: RetentionConfig,
     /// Who may call what (authz's bundle; the flow allowlist is its data).
     pub policy: CallerPolicyConfig,
     /// Where flows run.
@@ -58,6 +60,28 @@ pub struct StoreConfig {
 pub struct UserLimits {
     /// `WatchJob` streams one user may hold open.
     pub watch_streams: usize,
+    /// Calls one user may make per minute (a GCRA bucket of that size); beyond,
+    /// `RESOURCE_EXHAUSTED` (429).
+    pub requests_per_minute: u32,
+    /// Unfinished (queued or running) jobs one user may have; beyond, a submit is
+    /// `RESOURCE_EXHAUSTED` (429).
+    pub live_jobs: u32,
+}
+
+/// How long finished jobs, their transitions and results are kept.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Seconds a finished job is kept after it ended.
+    pub keep_finished_secs: u64,
+    /// How often expired jobs are deleted (seconds).
+    pub sweep_interval_secs: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self { keep_finished_secs: 30 * 24 * 3600, sweep_interval_secs: 3600 }
+    }
 }
 
 /// Where flows run, and how the gateway talks to it.
@@ -126,7 +150,7 @@ impl Default for StoreConfig {
 
 impl Default for UserLimits {
     fn default() -> Self {
-        Self { watch_streams: 8 }
+        Self { watch_streams: 8, requests_per_minute: 600, live_jobs: 50 }
     }
 }
 
@@ -155,6 +179,16 @@ impl Config {
         }
         if k.reconcile_wait_ms <= k.request_timeout_ms {
             return Err(ConfigError::invalid("kestra.reconcile_wait_ms", "must exceed kestra.request_timeout_ms"));
+        }
+        let (u, r) = (&config.users, &config.retention);
+        if u.requests_per_minute == 0 || u.live_jobs == 0 {
+            return Err(ConfigError::invalid("users", "requests_per_minute and live_jobs must be at least 1"));
+        }
+        if r.keep_finished_secs == 0 || r.sweep_interval_secs == 0 {
+            return Err(ConfigError::invalid(
+                "retention",
+                "keep_finished_secs and sweep_interval_secs must be at least 1",
+            ));
         }
         if config.users.watch_streams == 0 {
             return Err(ConfigError::invalid("users.watch_streams", "must be at least 1"));

@@ -196,6 +196,68 @@ impl JobStore {
         self.get(id, scope).await
     }
 
+    /// How many jobs `owner` has that are not finished (queued or running).
+    pub async fn live_count(&self, owner: &str) -> Result<i64, sqlx::Error> {
+        sqlx::query("SELECT COUNT(*) AS n FROM jobs WHERE owner = $1 AND state IN ('QUEUED', 'RUNNING')")
+            .bind(owner)
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("n")
+    }
+
+    /// The ids of `owner`'s jobs that are not finished.
+    pub async fn live_ids_of(&self, owner: &str) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query("SELECT id FROM jobs WHERE owner = $1 AND state IN ('QUEUED', 'RUNNING')")
+            .bind(owner)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|row| row.try_get("id"))
+            .collect()
+    }
+
+    /// Deletes up to `limit` finished jobs last changed before `before` (seconds since the
+    /// epoch), with their transitions and results: retention. The number deleted.
+    pub async fn purge_finished(&self, before: i64, limit: u32) -> Result<u64, sqlx::Error> {
+        let chosen = "SELECT id FROM jobs WHERE state IN ('SUCCESS', 'FAILED', 'CANCELLED') AND updated_at < $1 \
+                      ORDER BY updated_at LIMIT $2";
+        self.delete(chosen, before, i64::from(limit)).await
+    }
+
+    /// Deletes every finished job of `owner` (erasure of their personal data: inputs, results,
+    /// labels). Live jobs are left to end first; the number deleted.
+    pub async fn erase_finished_of(&self, owner: &str) -> Result<u64, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let finished = "owner = $1 AND state IN ('SUCCESS', 'FAILED', 'CANCELLED')";
+        sqlx::query(&format!("DELETE FROM job_transitions WHERE job_id IN (SELECT id FROM jobs WHERE {finished})"))
+            .bind(owner)
+            .execute(&mut *tx)
+            .await?;
+        let done = sqlx::query(&format!("DELETE FROM jobs WHERE {finished}")).bind(owner).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Deletes the jobs `chosen` (a query of ids over `$1`, `$2`) and their transitions, in one
+    /// transaction: a job is never left without its history or the other way round.
+    async fn delete(&self, chosen: &str, first: i64, second: i64) -> Result<u64, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let ids: Vec<String> = sqlx::query(chosen)
+            .bind(first)
+            .bind(second)
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|row| row.try_get("id"))
+            .collect::<Result<_, _>>()?;
+        for id in &ids {
+            sqlx::query("DELETE FROM job_transitions WHERE job_id = $1").bind(id).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM jobs WHERE id = $1").bind(id).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(ids.len() as u64)
+    }
+
     /// Up to `limit` live flow jobs, least recently updated first: the driver's work list.
     /// The store is the queue, so a restarted gateway resumes exactly where it stopped.
     pub async fn live_flows(&self, limit: u32) -> Result<Vec<FlowWork>, sqlx::Error> {

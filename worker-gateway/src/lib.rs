@@ -23,6 +23,7 @@ pub mod jobs;
 pub mod json;
 pub mod kestra;
 pub mod rest;
+pub mod retention;
 pub mod server;
 pub mod service;
 pub mod strict;

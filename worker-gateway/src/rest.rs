@@ -34,7 +34,8 @@ use crate::errors::RestError;
 use crate::json;
 use crate::pb::job_service_server::{JobService, JobServiceServer};
 use crate::pb::{
-    CancelJobRequest, GetJobRequest, ListJobsRequest, SubmitScriptRequest, TriggerFlowRequest, WatchJobRequest,
+    CancelJobRequest, EraseUserJobsRequest, GetJobRequest, ListJobsRequest, SubmitScriptRequest, TriggerFlowRequest,
+    WatchJobRequest,
 };
 use crate::service::Jobs;
 use crate::validate::pointer;
@@ -54,6 +55,7 @@ pub fn routes(jobs: Arc<Jobs>) -> Router {
     let rest = Router::new()
         .route("/v1/flows/{namespace}/{flow}/executions", post(trigger_flow))
         .route("/v1/jobs/scripts", post(submit_script))
+        .route("/v1/jobs/erase", post(erase_user_jobs))
         .route("/v1/jobs", get(list_jobs))
         .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/jobs/{id}/cancel", post(cancel_job))
@@ -91,6 +93,17 @@ async fn submit_script(
     let mut message: SubmitScriptRequest = from_body(&headers, body)?;
     message.idempotency_key = idempotency_key(&headers, message.idempotency_key)?;
     respond(&jobs.submit_script(call(&headers, message)).await?.into_inner())
+}
+
+async fn erase_user_jobs(
+    State(jobs): Jobs_,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer {
+    no_query(&uri)?;
+    let message: EraseUserJobsRequest = from_body(&headers, body)?;
+    respond(&jobs.erase_user_jobs(call(&headers, message)).await?.into_inner())
 }
 
 async fn list_jobs(State(jobs): Jobs_, uri: Uri, headers: HeaderMap) -> Answer {

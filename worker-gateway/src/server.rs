@@ -10,6 +10,7 @@ use axum::serve::ListenerExt;
 use qiria_identity::TokenVerifier;
 use qiria_policy::LivePolicy;
 use qiria_runtime::health::ComponentStatus;
+use qiria_runtime::rate::KeyedRateLimiter;
 use qiria_runtime::shutdown::Shutdown;
 use serde::Serialize;
 use tracing::info;
@@ -107,6 +108,9 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let r = &config.retention;
+    let (keep, every) = (Duration::from_secs(r.keep_finished_secs), Duration::from_secs(r.sweep_interval_secs));
+    tokio::spawn(crate::retention::run(store.clone(), keep, every, shutdown.clone()));
     let jobs = Arc::new(Jobs {
         verifier: service.verifier.clone(),
         store,
@@ -114,6 +118,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         limits: config.limits.clone(),
         policy: service.policy.clone(),
         driver,
+        rate: KeyedRateLimiter::per_minute(config.users.requests_per_minute, 100_000),
+        live_jobs: config.users.live_jobs,
     });
     let api_listener = qiria_runtime::net::bind(config.server.grpc_addr, "server.grpc_addr").await?;
     let admin_listener = qiria_runtime::net::bind(config.server.admin_addr, "server.admin_addr").await?;

@@ -10,6 +10,7 @@ use futures_util::Stream;
 use qiria_identity::{bearer_token, TokenVerifier};
 use qiria_policy::LivePolicy;
 use qiria_runtime::audit;
+use qiria_runtime::rate::KeyedRateLimiter;
 use tonic::{Request, Response, Status};
 
 use crate::access::{self, Scope};
@@ -20,8 +21,8 @@ use crate::flows;
 use crate::jobs::{is_terminal, JobStore, NewJob};
 use crate::pb::job_service_server::JobService;
 use crate::pb::{
-    CancelJobRequest, GetJobRequest, Job, JobEvent, JobKind, ListJobsRequest, ListJobsResponse, SubmitScriptRequest,
-    TriggerFlowRequest, WatchJobRequest,
+    CancelJobRequest, EraseUserJobsRequest, EraseUserJobsResponse, GetJobRequest, Job, JobEvent, JobKind,
+    ListJobsRequest, ListJobsResponse, SubmitScriptRequest, TriggerFlowRequest, WatchJobRequest,
 };
 use crate::validate::{self, Limits};
 use crate::watch::Watchers;
@@ -47,13 +48,38 @@ pub struct Jobs {
     pub policy: Arc<LivePolicy>,
     /// Sends flow jobs to Kestra; `None` without a Kestra.
     pub driver: Option<Arc<Driver>>,
+    /// Calls per user per minute.
+    pub rate: KeyedRateLimiter<String>,
+    /// Unfinished jobs per user.
+    pub live_jobs: u32,
 }
 
 type Result<T> = std::result::Result<Response<T>, Status>;
 
 impl Jobs {
+    /// The verified caller, within their request rate (a flood from one user slows nobody
+    /// else: every other user has their own bucket).
     fn caller<T>(&self, request: &Request<T>) -> std::result::Result<Caller, GatewayError> {
-        authenticate(&self.verifier, request.metadata())
+        let caller = authenticate(&self.verifier, request.metadata())?;
+        if !self.rate.admit(&caller.subject) {
+            return Err(GatewayError::ResourceExhausted("too many calls from this user; slow down"));
+        }
+        Ok(caller)
+    }
+
+    /// Cancels the live job `id` (in `scope`) at once when nothing of it has left the gateway,
+    /// else records the cancel for the driver to kill its execution. `None`: no live job.
+    async fn stop(
+        &self,
+        id: &str,
+        scope: &Scope,
+        by: &str,
+        reason: &str,
+    ) -> std::result::Result<Option<Job>, sqlx::Error> {
+        match self.store.cancel_unsent(id, scope, reason).await? {
+            Some(job) => Ok(Some(job)),
+            None => self.store.request_cancel(id, scope, by).await,
+        }
     }
 
     fn wake_driver(&self) {
@@ -63,6 +89,11 @@ impl Jobs {
     }
 
     async fn submit(&self, caller: &Caller, new: NewJob) -> std::result::Result<Job, GatewayError> {
+        // Checked before the insert, not in it: concurrent submits of one user can pass it
+        // together, so the bound holds to within that user's own concurrency.
+        if self.store.live_count(&new.owner).await? >= i64::from(self.live_jobs) {
+            return Err(GatewayError::ResourceExhausted("too many unfinished jobs for this user"));
+        }
         let (job, created) = self.store.create(&new).await?;
         if created {
             audit::record(audit::AuditEvent::JobSubmitted { job: &job.id, owner: &job.owner, kind: kind(&job) });
@@ -172,11 +203,7 @@ impl JobService for Jobs {
         }
         // Nothing left the gateway: cancelled here and now. Otherwise the driver kills the
         // execution (or one a lost answer may have made) and the job ends when Kestra says so.
-        let reason = format!("cancelled by {by}");
-        let cancelled = match self.store.cancel_unsent(id, &scope, &reason).await.map_err(store)? {
-            Some(job) => Some(job),
-            None => self.store.request_cancel(id, &scope, by).await.map_err(store)?,
-        };
+        let cancelled = self.stop(id, &scope, by, &format!("cancelled by {by}")).await.map_err(store)?;
         let Some(job) = cancelled else {
             let now = self.store.get(id, &scope).await.map_err(store)?.ok_or(GatewayError::NotFound)?;
             return Err(GatewayError::FailedPrecondition(format!("the job is {:?} already", now.state())).into());
@@ -185,6 +212,30 @@ impl JobService for Jobs {
         self.watchers.publish(&job);
         self.wake_driver();
         Ok(Response::new(job))
+    }
+
+    async fn erase_user_jobs(&self, request: Request<EraseUserJobsRequest>) -> Result<EraseUserJobsResponse> {
+        let caller = self.caller(&request)?;
+        access::may_erase(&caller)?;
+        let owner = &request.get_ref().owner;
+        if owner.is_empty() || owner.len() > 256 {
+            return Err(GatewayError::invalid("/owner", "1 to 256 bytes: the subject whose jobs go").into());
+        }
+        let store = |e: sqlx::Error| Status::from(GatewayError::from(e));
+        // Live jobs are stopped first (a cancel, as `CancelJob` does); they are erased by a
+        // later call once they have ended, with their final state.
+        let live = self.store.live_ids_of(owner).await.map_err(store)?;
+        let reason = format!("cancelled by {} (erasure of the owner's jobs)", caller.subject);
+        for id in &live {
+            if let Some(job) = self.stop(id, &Scope::All, &caller.subject, &reason).await.map_err(store)? {
+                self.watchers.publish(&job);
+            }
+        }
+        self.wake_driver();
+        let erased = self.store.erase_finished_of(owner).await.map_err(store)?;
+        let still_live = self.store.live_count(owner).await.map_err(store)?.unsigned_abs();
+        audit::record(audit::AuditEvent::JobsErased { owner, by: &caller.subject, count: erased, live: still_live });
+        Ok(Response::new(EraseUserJobsResponse { erased, still_live }))
     }
 
     type WatchJobStream = Pin<Box<dyn Stream<Item = std::result::Result<JobEvent, Status>> + Send>>;

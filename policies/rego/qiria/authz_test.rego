@@ -102,6 +102,14 @@ test_rest_cancel_job_as_grpc if same_permission_as_grpc("POST", "/v1/jobs/42/can
 
 test_rest_watch_job_as_grpc if same_permission_as_grpc("GET", "/v1/jobs/42/events", "WatchJob")
 
+test_rest_erase_user_jobs_as_grpc if same_permission_as_grpc("POST", "/v1/jobs/erase", "EraseUserJobs")
+
+test_only_an_admin_erases_a_users_jobs if {
+	authz.allow with input as req("POST", "/qiria.jobs.v1.JobService/EraseUserJobs", ["Admin"])
+	not authz.allow with input as req("POST", "/qiria.jobs.v1.JobService/EraseUserJobs", ["User"])
+	not authz.allow with input as req("POST", "/v1/jobs/erase", ["Auditor"])
+}
+
 test_patterns_match_exactly_one_segment if {
 	not authz.allow with input as req("POST", "/v1/flows/qiria.demo/executions", ["User"])
 	not authz.allow with input as req("GET", "/v1/jobs/42/logs", ["User"])
