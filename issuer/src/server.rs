@@ -3,7 +3,6 @@
 //! `/health` on three listeners.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,7 +14,7 @@ use qiria_policy::LivePolicy;
 use qiria_runtime::audit::{self, AuditEvent};
 use qiria_runtime::health::ComponentStatus;
 use qiria_runtime::shutdown::Shutdown;
-use qiria_runtime::watch::watch_dir;
+use qiria_runtime::watch::watch_state;
 use qiria_store::sealing::MasterKeys;
 use serde::Serialize;
 use tracing::{error, info};
@@ -167,15 +166,27 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         anyhow::bail!("no usable signing key in {}: {why}", config.tokens.signing_keys_dir.display());
     }
     let poll = |ms: u64| Duration::from_millis(ms.max(100));
-    watch(&service, "keys", config.jwt.keys_dir.clone(), poll(config.jwt.poll_interval_ms), Service::reload_keys)?;
-    watch(
+    watch_state(
+        &service,
+        "keys",
+        config.jwt.keys_dir.clone(),
+        poll(config.jwt.poll_interval_ms),
+        Service::reload_keys,
+    )?;
+    watch_state(
         &service,
         "signing",
         config.tokens.signing_keys_dir.clone(),
         poll(config.jwt.poll_interval_ms),
         Service::reload_signing,
     )?;
-    watch(&service, "policy", config.policy.dir.clone(), poll(config.policy.poll_interval_ms), Service::reload_policy)?;
+    watch_state(
+        &service,
+        "policy",
+        config.policy.dir.clone(),
+        poll(config.policy.poll_interval_ms),
+        Service::reload_policy,
+    )?;
 
     let issuer =
         Arc::new(Issuer::new(store, service.signing.clone(), config.issuer_settings(), &config.throttle(), hashing)?);
@@ -214,15 +225,4 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         let _ = server.await;
     }
     Ok(())
-}
-
-fn watch(
-    service: &Arc<Service>,
-    name: &'static str,
-    dir: PathBuf,
-    poll: Duration,
-    reload: fn(&Service),
-) -> std::io::Result<()> {
-    let service = service.clone();
-    watch_dir(name, dir, poll, move || reload(&service)).map(|_| ())
 }

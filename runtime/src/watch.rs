@@ -48,3 +48,15 @@ pub fn watch_dir(
         }
     })
 }
+
+/// [`watch_dir`] for a reload method of shared state: `reload(&state)` on each change.
+pub fn watch_state<S: Send + Sync + 'static>(
+    state: &std::sync::Arc<S>,
+    name: &'static str,
+    dir: PathBuf,
+    poll: Duration,
+    reload: fn(&S),
+) -> std::io::Result<()> {
+    let state = state.clone();
+    watch_dir(name, dir, poll, move || reload(&state)).map(drop)
+}

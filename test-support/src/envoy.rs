@@ -110,21 +110,7 @@ impl Envoy {
             ],
         );
         let config = if gateway_port.is_some() { config } else { without_blocks(&config, "gateway-rest") };
-        let config_path = dir.path().join("envoy.yaml");
-        std::fs::write(&config_path, config).expect("write envoy config");
-        let args = command_line(&config_path, "warn");
-        let mut process =
-            Process::spawn("envoy", &binary(), &args, &dir.path().join("envoy.log")).expect("start envoy");
-        let ready_url = format!("http://127.0.0.1:{admin_port}/ready");
-        let ready = wait_until(Duration::from_secs(30), || {
-            let url = ready_url.clone();
-            async move { reqwest::get(url).await.is_ok_and(|r| r.status().is_success()) }
-        })
-        .await;
-        if !ready || !process.is_running() {
-            process.fail("did not become ready");
-        }
-        Self { port, admin_port, access_log, process, _dir: dir }
+        Self::launch(dir, &config, port, admin_port).await
     }
 
     /// Starts Envoy with any `template` (relative to the workspace) and waits until it is
@@ -143,6 +129,13 @@ impl Envoy {
         let config = render(template, &all);
         let unfilled = config.lines().find(|l| !l.trim_start().starts_with('#') && l.contains("{{"));
         assert!(unfilled.is_none(), "{template}: a placeholder was left unfilled: {unfilled:?}");
+        Self::launch(dir, &config, port, admin_port).await
+    }
+
+    /// Runs Envoy on `config` (written into `dir`, which the handle keeps) and waits until its
+    /// admin port says it is ready.
+    async fn launch(dir: tempfile::TempDir, config: &str, port: u16, admin_port: u16) -> Self {
+        let access_log = dir.path().join("access.log");
         let config_path = dir.path().join("envoy.yaml");
         std::fs::write(&config_path, config).expect("write envoy config");
         let args = command_line(&config_path, "warn");

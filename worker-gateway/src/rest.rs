@@ -117,9 +117,7 @@ async fn get_job(
     uri: Uri,
     headers: HeaderMap,
 ) -> Answer {
-    let Path(id) = path.map_err(bad_path)?;
-    let mut message: GetJobRequest = from_query(&uri)?;
-    from_path(&mut message.id, id, "/id")?;
+    let message = job_call(path, &uri, |m: &mut GetJobRequest| &mut m.id)?;
     respond(&jobs.get_job(call(&headers, message)).await?.into_inner())
 }
 
@@ -146,9 +144,7 @@ async fn watch_job(
     uri: Uri,
     headers: HeaderMap,
 ) -> Answer {
-    let Path(id) = path.map_err(bad_path)?;
-    let mut message: WatchJobRequest = from_query(&uri)?;
-    from_path(&mut message.id, id, "/id")?;
+    let message = job_call(path, &uri, |m: &mut WatchJobRequest| &mut m.id)?;
     let events = jobs.watch_job(call(&headers, message)).await?.into_inner();
     let lines = events.map(|event| {
         let value = match event.map_err(RestError::from).and_then(|e| json::encode(&e).map_err(RestError::from)) {
@@ -227,6 +223,18 @@ fn from_query<T: prost::Message + prost::Name + Default>(uri: &Uri) -> Result<T,
 
 /// A POST takes its message from the body only: a query string would be a second place for
 /// the same fields.
+/// The message of a read of one job: `{id}` from the path, anything else from the query.
+fn job_call<T: prost::Message + prost::Name + Default>(
+    path: Result<Path<String>, PathRejection>,
+    uri: &Uri,
+    id: impl FnOnce(&mut T) -> &mut String,
+) -> Result<T, RestError> {
+    let Path(from) = path.map_err(bad_path)?;
+    let mut message: T = from_query(uri)?;
+    from_path(id(&mut message), from, "/id")?;
+    Ok(message)
+}
+
 fn no_query(uri: &Uri) -> Result<(), RestError> {
     match uri.query() {
         None | Some("") => Ok(()),

@@ -2,7 +2,6 @@
 //! Kestra connection (watched) and the driver, the job API (gRPC and REST on one port) and the
 //! admin port.
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,6 +11,7 @@ use qiria_policy::LivePolicy;
 use qiria_runtime::health::ComponentStatus;
 use qiria_runtime::rate::KeyedRateLimiter;
 use qiria_runtime::shutdown::Shutdown;
+use qiria_runtime::watch::watch_state;
 use serde::Serialize;
 use tracing::info;
 
@@ -91,15 +91,27 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     service.reload_policy();
     service.reload_kestra();
     let poll = |ms: u64| Duration::from_millis(ms.max(100));
-    watch(&service, "keys", config.jwt.keys_dir.clone(), poll(config.jwt.poll_interval_ms), Service::reload_keys)?;
-    watch(&service, "policy", config.policy.dir.clone(), poll(config.policy.poll_interval_ms), Service::reload_policy)?;
+    watch_state(
+        &service,
+        "keys",
+        config.jwt.keys_dir.clone(),
+        poll(config.jwt.poll_interval_ms),
+        Service::reload_keys,
+    )?;
+    watch_state(
+        &service,
+        "policy",
+        config.policy.dir.clone(),
+        poll(config.policy.poll_interval_ms),
+        Service::reload_policy,
+    )?;
     let watchers = Watchers::new(config.users.watch_streams);
     let driver = match kestra {
         Some(connection) => {
             let k = &config.kestra;
             let secrets = poll(k.secrets_poll_interval_ms);
-            watch(&service, "kestra-tls", k.tls_dir.clone(), secrets, Service::reload_kestra)?;
-            watch(&service, "kestra-credential", k.credential_dir.clone(), secrets, Service::reload_kestra)?;
+            watch_state(&service, "kestra-tls", k.tls_dir.clone(), secrets, Service::reload_kestra)?;
+            watch_state(&service, "kestra-credential", k.credential_dir.clone(), secrets, Service::reload_kestra)?;
             let url = reqwest::Url::parse(&k.url)?;
             let client = Arc::new(KestraClient::new(KestraTarget { url, tenant: k.tenant.clone() }, connection));
             let driver = Arc::new(Driver::new(store.clone(), client, watchers.clone(), settings(k)));
@@ -134,17 +146,6 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let api = axum::serve(listener, crate::rest::routes(jobs)).with_graceful_shutdown(shutdown.wait()).await;
     let _ = admin.await;
     Ok(api?)
-}
-
-fn watch(
-    service: &Arc<Service>,
-    name: &'static str,
-    dir: PathBuf,
-    poll: Duration,
-    reload: fn(&Service),
-) -> std::io::Result<()> {
-    let watched = service.clone();
-    qiria_runtime::watch::watch_dir(name, dir, poll, move || reload(&watched)).map(drop)
 }
 
 fn files(k: &KestraConfig) -> ConnectionFiles {
