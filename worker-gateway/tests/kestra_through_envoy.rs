@@ -78,10 +78,15 @@ struct World {
 }
 
 async fn world() -> World {
+    world_with("").await
+}
+
+/// A world whose gateway config also has `extra` (e.g. a `[store]` on PostgreSQL).
+async fn world_with(extra: &str) -> World {
     let dir = tempfile::tempdir().expect("tempdir");
     let kestra = KestraDouble::start(&dir.path().join("kestra"), KestraOptions::default()).await;
     let policy = policy_with_flows(dir.path(), ALLOWLIST);
-    let toml = kestra_toml(&kestra, dir.path(), None);
+    let toml = kestra_toml(&kestra, dir.path(), None) + extra;
     let stack = Stack::with_gateway_config(&authz(), &policy, &toml).await;
     let api = JobServiceClient::connect(stack.envoy.url("")).await.expect("connect through Envoy");
     World { stack, kestra, api, dir }
@@ -241,7 +246,31 @@ async fn lost_answers_timeouts_and_server_errors_still_make_exactly_one_executio
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_killed_mid_trigger_and_restarted_loses_and_duplicates_nothing() {
-    let mut w = world().await;
+    killed_mid_trigger(world().await).await;
+}
+
+/// The same code and migrations on PostgreSQL: a job through Kestra, a crash mid-trigger, a
+/// cancel that kills the execution.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgresql_jobs_run_survive_a_crash_and_cancel_the_same() {
+    let Some(url) = qiria_test_support::postgres::fresh_database() else { return };
+    let w = world_with(&format!("[store]\ndatabase_url = \"{url}\"\n")).await;
+    let (alice, admin) = (w.stack.token("alice", &["User"]), w.stack.token("root", &["Admin"]));
+    let slow = submit(&w.api, &alice, trigger("qiria.demo", "slow", &[], "")).await.expect("trigger");
+    let running = wait_until(Duration::from_secs(20), || async {
+        let request = with_token(GetJobRequest { id: slow.id.clone() }, &alice);
+        w.api.clone().get_job(request).await.is_ok_and(|j| j.into_inner().state() == JobState::Running)
+    })
+    .await;
+    assert!(running, "the slow flow never ran on PostgreSQL");
+    let cancel = with_token(CancelJobRequest { id: slow.id.clone() }, &admin);
+    w.api.clone().cancel_job(cancel).await.expect("cancel");
+    let (_, killed) = watch_to_end(&w.api, &alice, &slow.id).await;
+    assert_eq!((killed.state(), killed.kestra_state.as_str()), (JobState::Cancelled, "KILLED"));
+    killed_mid_trigger(w).await;
+}
+
+async fn killed_mid_trigger(mut w: World) {
     let alice = w.stack.token("alice", &["User"]);
     // The create reaches Kestra and its answer is held; the gateway dies waiting for it.
     w.kestra.fault(json!({"delay_ms": 8000})).await;
