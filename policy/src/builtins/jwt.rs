@@ -2,6 +2,7 @@
 //! `encode_sign`/`encode_sign_raw`. Only the JWS compact serialization is read; a JWE is an
 //! error, as in OPA. Keys and their algorithms are in `jwk`.
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Result};
@@ -9,7 +10,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 
 use super::jwk::{base64url_decode, first_key, signing_key, verification_keys, VerificationKey, OPA_ALGORITHMS};
-use super::{arg, object_arg, string_arg, Builtin};
+use super::{arg, object_arg, string_arg, verified, Builtin};
 use crate::Value;
 
 pub(super) const BUILTINS: &[(&str, u8, Builtin)] = &[
@@ -168,7 +169,9 @@ fn unverified() -> Value {
 /// The `constraints` object of `io.jwt.decode_verify`.
 struct Constraints {
     /// From `cert`; an empty set still counts as a key constraint (and verifies nothing).
-    keys: Option<Vec<VerificationKey>>,
+    keys: Option<Arc<Vec<VerificationKey>>>,
+    /// A digest of the key constraint (`cert` or `secret`), naming it in the signature cache.
+    key_digest: [u8; 32],
     /// From `secret`; empty means none.
     secret: String,
     alg: String,
@@ -180,12 +183,15 @@ struct Constraints {
 
 impl Constraints {
     fn parse(constraints: &Value) -> Result<Self> {
-        let (mut keys, mut time) = (None, None);
+        let (mut keys, mut time, mut cert) = (None, None, "");
         let [mut secret, mut alg, mut iss, mut aud] = [""; 4];
         for (name, value) in constraints.as_object()?.iter() {
             let name = name.as_string().map(|n| n.to_string()).unwrap_or_else(|_| name.to_string());
             match name.as_str() {
-                "cert" => keys = Some(verification_keys(constraint_string("cert", value)?)?),
+                "cert" => {
+                    cert = constraint_string("cert", value)?;
+                    keys = Some(verified::key_set(cert, verification_keys)?);
+                }
                 "secret" => secret = constraint_string("secret", value)?,
                 "alg" => alg = constraint_string("alg", value)?,
                 "iss" => iss = constraint_string("iss", value)?,
@@ -203,17 +209,26 @@ impl Constraints {
             Some(time) => time,
             None => now_ns()?,
         };
+        let key_digest = match keys {
+            Some(_) => verified::digest(&[b"cert", cert.as_bytes()]),
+            None => verified::digest(&[b"secret", secret.as_bytes()]),
+        };
         let [secret, alg, iss, aud] = [secret, alg, iss, aud].map(str::to_string);
-        Ok(Self { keys, secret, alg, iss, aud, time_ns })
+        Ok(Self { keys, key_digest, secret, alg, iss, aud, time_ns })
     }
 
-    /// Whether the signature verifies with the constrained key(s).
+    /// Whether the signature verifies with the constrained key(s); checked once per token
+    /// and key constraint (`verified`).
     fn signature_verifies(&self, header: &Header, message: &[u8], signature: &[u8]) -> bool {
-        let verify = |key: &VerificationKey| key.verifies(&header.alg, message, signature);
-        match &self.keys {
-            Some(keys) => any_key_verifies(keys, header, verify),
-            None => verify(&VerificationKey::secret(self.secret.as_bytes())),
-        }
+        let cached =
+            verified::digest(&[&self.key_digest, header.alg.as_bytes(), header.kid.as_bytes(), message, signature]);
+        verified::verifies_once(cached, || {
+            let verify = |key: &VerificationKey| key.verifies(&header.alg, message, signature);
+            match &self.keys {
+                Some(keys) => any_key_verifies(keys, header, verify),
+                None => verify(&VerificationKey::secret(self.secret.as_bytes())),
+            }
+        })
     }
 
     /// The registered claims against the constraints: `iss` if constrained, `aud` always (a
@@ -261,7 +276,12 @@ fn constraint_string<'v>(name: &str, value: &'v Value) -> Result<&'v str> {
 
 fn time_ns(value: &Value) -> Result<f64> {
     let Value::Number(n) = value else { bail!("token time constraint: must be a number") };
-    let time = n.as_f64().ok_or_else(|| anyhow!("token time constraint: invalid float64"))?;
+    // Nanoseconds since the epoch are past 2^53, where regorus' exact `as_f64` gives up: OPA
+    // takes them as a (rounded) float64, and so does this (`"time": time.now_ns()` must work).
+    let time = n
+        .as_f64()
+        .or_else(|| n.as_i128().map(|i| i as f64))
+        .ok_or_else(|| anyhow!("token time constraint: invalid float64"))?;
     if time < 0.0 {
         bail!("token time constraint: must not be negative");
     }
@@ -433,6 +453,40 @@ mod tests {
         assert_eq!(header(r#"{"alg": 1}"#).err().map(|e| e.to_string()).as_deref(), Some("alg: must be a string"));
         assert!(header(r#"{"alg": "HS256", "crit": []}"#).is_err());
         assert!(header(r#"{"alg": "HS256", "crit": "b64"}"#).is_err());
+    }
+
+    #[test]
+    fn a_signature_is_checked_once_per_token_and_key_and_the_claims_every_time() {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let token = |exp: u64| {
+            let claims = serde_json::json!({"sub": "alice", "exp": exp, "aud": "api"});
+            let key = jsonwebtoken::EncodingKey::from_secret(b"cache-test-secret");
+            jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+        };
+        let verify = |jwt: &str, constraints: &str| {
+            let args = [Value::from(jwt), Value::from_json_str(constraints).unwrap()];
+            decode_verify(&args).unwrap()[0] == Value::from(true)
+        };
+        let (valid, at) = (token(now + 300), r#"{"secret": "cache-test-secret", "aud": "api"}"#);
+        let before = verified::checks();
+        assert!(verify(&valid, at) && verify(&valid, at) && verify(&valid, at));
+        assert_eq!(verified::checks() - before, 1, "one check for three calls");
+        // The same signature under another constraint is checked again (and fails).
+        assert!(!verify(&valid, r#"{"secret": "another", "aud": "api"}"#));
+        assert_eq!(verified::checks() - before, 2);
+        // Claims are not cached: the remembered signature does not make a wrong audience pass,
+        // and a later `time` past `exp` fails a token verified before.
+        assert!(!verify(&valid, r#"{"secret": "cache-test-secret", "aud": "other"}"#));
+        let later =
+            format!(r#"{{"secret": "cache-test-secret", "aud": "api", "time": {}}}"#, (now + 301) * 1_000_000_000);
+        assert!(!verify(&valid, &later));
+        // Failures are never remembered: a tampered token is checked, and refused, each time.
+        let at_sig = valid.rfind('.').unwrap() + 5;
+        let flipped = if &valid[at_sig..=at_sig] == "A" { "B" } else { "A" };
+        let tampered = format!("{}{flipped}{}", &valid[..at_sig], &valid[at_sig + 1..]);
+        let before = verified::checks();
+        assert!(!verify(&tampered, at) && !verify(&tampered, at));
+        assert_eq!(verified::checks() - before, 2);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! OPA-compatible host builtins that regorus lacks, so that policies written for OPA-Envoy
 //! load and decide the same: `io.jwt.*` (`jwt`, key material in `jwk`), `crypto.*` digests and
-//! MACs (`crypto`), `crypto.x509.*` (`x509`, chain verification in `chain`).
+//! MACs (`crypto`), `crypto.x509.*` (`x509`, chain verification in `chain`); what
+//! `io.jwt.decode_verify` already verified is remembered (`verified`).
 //!
 //! Each follows OPA's semantics and result shapes: where OPA answers "not valid"
 //! (`[false, {}, {}]`, `false`, `[false, []]`), so do these; where OPA raises a builtin error,
@@ -17,6 +18,7 @@ mod chain;
 mod crypto;
 mod jwk;
 mod jwt;
+mod verified;
 mod x509;
 
 /// One builtin: its arguments in, its value out.
