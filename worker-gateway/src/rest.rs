@@ -76,7 +76,7 @@ async fn trigger_flow(
 ) -> Answer {
     let Path((namespace, flow)) = path.map_err(bad_path)?;
     no_query(&uri)?;
-    let mut message: TriggerFlowRequest = from_body(&headers, body)?;
+    let mut message: TriggerFlowRequest = from_body(&jobs, &headers, body)?;
     from_path(&mut message.namespace, namespace, "/namespace")?;
     from_path(&mut message.flow_id, flow, "/flow_id")?;
     message.idempotency_key = idempotency_key(&headers, message.idempotency_key)?;
@@ -90,7 +90,7 @@ async fn submit_script(
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
     no_query(&uri)?;
-    let mut message: SubmitScriptRequest = from_body(&headers, body)?;
+    let mut message: SubmitScriptRequest = from_body(&jobs, &headers, body)?;
     message.idempotency_key = idempotency_key(&headers, message.idempotency_key)?;
     respond(&jobs.submit_script(call(&headers, message)).await?.into_inner())
 }
@@ -102,7 +102,7 @@ async fn erase_user_jobs(
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
     no_query(&uri)?;
-    let message: EraseUserJobsRequest = from_body(&headers, body)?;
+    let message: EraseUserJobsRequest = from_body(&jobs, &headers, body)?;
     respond(&jobs.erase_user_jobs(call(&headers, message)).await?.into_inner())
 }
 
@@ -130,7 +130,7 @@ async fn cancel_job(
 ) -> Answer {
     let Path(id) = path.map_err(bad_path)?;
     no_query(&uri)?;
-    let mut message: CancelJobRequest = from_body(&headers, body)?;
+    let mut message: CancelJobRequest = from_body(&jobs, &headers, body)?;
     from_path(&mut message.id, id, "/id")?;
     respond(&jobs.cancel_job(call(&headers, message)).await?.into_inner())
 }
@@ -187,10 +187,15 @@ fn respond<T: prost::Message + prost::Name>(message: &T) -> Answer {
 
 /// A POST's message from its body: none is the message's defaults (every field of these is
 /// optional or given by the path), one must be `application/json` and at most [`MAX_BODY`].
+/// The body as the call's message. The caller's token is checked first: a request without
+/// one learns nothing about what its body would have been told (zero trust: straight to the
+/// port, authentication still comes before anything else).
 fn from_body<T: prost::Message + prost::Name + Default>(
+    jobs: &Jobs,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<T, RestError> {
+    jobs.require_token(headers)?;
     let bytes = body.map_err(|rejection| match rejection.status() {
         StatusCode::PAYLOAD_TOO_LARGE => RestError::TooLarge(MAX_BODY),
         _ => RestError::invalid(None, rejection.body_text()),

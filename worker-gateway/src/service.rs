@@ -57,6 +57,11 @@ pub struct Jobs {
 type Result<T> = std::result::Result<Response<T>, Status>;
 
 impl Jobs {
+    /// Refuses headers without a valid bearer token, before a body is read as a message.
+    pub fn require_token(&self, headers: &axum::http::HeaderMap) -> std::result::Result<(), GatewayError> {
+        authenticate(&self.verifier, &tonic::metadata::MetadataMap::from_headers(headers.clone())).map(drop)
+    }
+
     /// The verified caller, within their request rate (a flood from one user slows nobody
     /// else: every other user has their own bucket).
     fn caller<T>(&self, request: &Request<T>) -> std::result::Result<Caller, GatewayError> {

@@ -256,6 +256,10 @@ async fn straight_to_the_gateways_port_no_valid_token_means_no_access() {
     let stranger = qiria_test_support::tokens::SigningKey::rsa("test-rsa-1");
     let unsigned = stranger.sign(&qiria_test_support::tokens::claims("alice", &["Admin"]));
     assert_eq!(Call::new("GET", direct("/v1/jobs")).token(&unsigned).send(&http).await.0, 401);
+    // Authentication comes before the body is read: a bad body without a token learns 401,
+    // not what is wrong with the body.
+    let (status, body) = Call::new("POST", direct(HELLO)).json(&json!({"extra": 1})).send(&http).await;
+    assert_eq!((status, body["error"].as_str()), (401, Some("unauthenticated")), "{body}");
 
     // A valid token is the gateway's own gate, over plain HTTP/1.1 with no Envoy.
     let alice = stack.token("alice", &["User"]);
