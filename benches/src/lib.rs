@@ -18,6 +18,7 @@ use qiria_test_support::tokens::{claims, SigningKey, AUDIENCE, ISSUER};
 use qiria_test_support::workspace_root;
 
 pub mod envoy_bench;
+pub mod gateway_bench;
 pub mod proc_stats;
 pub mod report;
 pub mod scaling;

@@ -5,7 +5,8 @@ use std::fmt::Write as _;
 
 use crate::envoy_bench::{LoadResults, Plan, Row};
 
-fn cpu_model() -> String {
+/// The CPU's model name, from `/proc/cpuinfo`.
+pub fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -16,7 +17,8 @@ fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-fn today() -> String {
+/// Now, as `YYYY-MM-DD HH:MM UTC`.
+pub fn today() -> String {
     std::process::Command::new("date")
         .arg("+%Y-%m-%d %H:%M UTC")
         .env("TZ", "UTC")
@@ -220,9 +222,47 @@ pub fn render(
     out
 }
 
+/// The lines of `document`'s section under `heading` (a `## ` line, itself included), up to
+/// the next `## ` heading or the end.
+fn section_span(document: &str, heading: &str) -> Option<(usize, usize)> {
+    let mut offset = 0;
+    let mut start = None;
+    for line in document.split_inclusive('\n') {
+        let text = line.trim_end();
+        match start {
+            None if text == heading || text.starts_with(&format!("{heading} ")) => start = Some(offset),
+            Some(begin) if text.starts_with("## ") => return Some((begin, offset)),
+            _ => {}
+        }
+        offset += line.len();
+    }
+    start.map(|begin| (begin, document.len()))
+}
+
+/// `document`'s section under `heading`, if it has one.
+pub fn section(document: &str, heading: &str) -> Option<String> {
+    section_span(document, heading).map(|(a, b)| document[a..b].to_string())
+}
+
+/// `document` with its section under `heading` replaced by `section`, or with `section`
+/// appended; the rest is kept as it is. Benchmarks that write one part of `RESULTS.md` use it,
+/// so that none erases another's.
+pub fn replace_section(document: &str, heading: &str, section: &str) -> String {
+    let section = format!("{}\n", section.trim_end());
+    match section_span(document, heading) {
+        Some((a, b)) => {
+            let rest = &document[b..];
+            let gap = if rest.is_empty() { "" } else { "\n" };
+            format!("{}{section}{gap}{rest}", &document[..a])
+        }
+        None if document.trim().is_empty() => section,
+        None => format!("{}\n\n{section}", document.trim_end()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::median_ratio;
+    use super::{median_ratio, replace_section, section};
 
     #[test]
     fn median_of_pair_ratios() {
@@ -234,5 +274,24 @@ mod tests {
         assert!((even - 0.925).abs() < 1e-12, "{even}");
         // A zero floor (a failed run) does not count as a pair.
         assert_eq!(median_ratio(&[(0.0, 10.0), (100.0, 90.0)]), Some(0.9));
+    }
+
+    #[test]
+    fn sections_are_replaced_or_appended_and_nothing_else_moves() {
+        let doc = "# Results\n\n| a |\n\n## Targets\n\n- x\n\n## worker-gateway\n\nold\n\n### sub\n\nold too\n\n## Later\n\n- y\n";
+        let new = replace_section(doc, "## worker-gateway", "## worker-gateway\n\nnew\n");
+        assert_eq!(new, "# Results\n\n| a |\n\n## Targets\n\n- x\n\n## worker-gateway\n\nnew\n\n## Later\n\n- y\n");
+        assert_eq!(section(doc, "## worker-gateway").unwrap(), "## worker-gateway\n\nold\n\n### sub\n\nold too\n\n");
+        // At the end, and with a suffix on the heading line (a smoke run says so there).
+        let last = "# R\n\n## worker-gateway (smoke run)\n\nold\n";
+        assert_eq!(
+            replace_section(last, "## worker-gateway", "## worker-gateway\n\nnew"),
+            "# R\n\n## worker-gateway\n\nnew\n"
+        );
+        assert_eq!(
+            replace_section("# R\n", "## worker-gateway", "## worker-gateway\n\nnew\n"),
+            "# R\n\n## worker-gateway\n\nnew\n"
+        );
+        assert_eq!(section("# R\n## worker-gateways\n", "## worker-gateway"), None);
     }
 }

@@ -67,6 +67,13 @@ fn main() -> anyhow::Result<()> {
     let report = qiria_benches::report::render(&results, &instructions, &scaling, &plan, args.smoke);
     println!("{report}");
     if let Some(out) = args.out {
+        // The file also holds gateway-bench's section, which this run does not measure: keep it.
+        let heading = qiria_benches::gateway_bench::HEADING;
+        let kept = std::fs::read_to_string(&out).ok().and_then(|old| qiria_benches::report::section(&old, heading));
+        let report = match kept {
+            Some(section) => qiria_benches::report::replace_section(&report, heading, &section),
+            None => report,
+        };
         std::fs::write(&out, &report)?;
         eprintln!("written to {}", out.display());
     }
