@@ -165,28 +165,15 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         let why = service.health().signing.last_error.clone().unwrap_or_default();
         anyhow::bail!("no usable signing key in {}: {why}", config.tokens.signing_keys_dir.display());
     }
-    let poll = |ms: u64| Duration::from_millis(ms.max(100));
-    watch_state(
-        &service,
-        "keys",
-        config.jwt.keys_dir.clone(),
-        poll(config.jwt.poll_interval_ms),
-        Service::reload_keys,
-    )?;
+    watch_state(&service, "keys", &config.jwt.keys_dir, config.jwt.poll_interval_ms, Service::reload_keys)?;
     watch_state(
         &service,
         "signing",
-        config.tokens.signing_keys_dir.clone(),
-        poll(config.jwt.poll_interval_ms),
+        &config.tokens.signing_keys_dir,
+        config.jwt.poll_interval_ms,
         Service::reload_signing,
     )?;
-    watch_state(
-        &service,
-        "policy",
-        config.policy.dir.clone(),
-        poll(config.policy.poll_interval_ms),
-        Service::reload_policy,
-    )?;
+    watch_state(&service, "policy", &config.policy.dir, config.policy.poll_interval_ms, Service::reload_policy)?;
 
     let issuer =
         Arc::new(Issuer::new(store, service.signing.clone(), config.issuer_settings(), &config.throttle(), hashing)?);

@@ -49,14 +49,20 @@ pub fn watch_dir(
     })
 }
 
-/// [`watch_dir`] for a reload method of shared state: `reload(&state)` on each change.
+/// Polls are at least this far apart, whatever a config says: a directory re-read in a tight
+/// loop would only burn a core.
+const MIN_POLL: Duration = Duration::from_millis(100);
+
+/// [`watch_dir`] for a reload method of shared state: `reload(&state)` on each change, and
+/// every `poll_ms` (at least 100 ms).
 pub fn watch_state<S: Send + Sync + 'static>(
     state: &std::sync::Arc<S>,
     name: &'static str,
-    dir: PathBuf,
-    poll: Duration,
+    dir: &std::path::Path,
+    poll_ms: u64,
     reload: fn(&S),
 ) -> std::io::Result<()> {
     let state = state.clone();
-    watch_dir(name, dir, poll, move || reload(&state)).map(drop)
+    let poll = Duration::from_millis(poll_ms).max(MIN_POLL);
+    watch_dir(name, dir.to_path_buf(), poll, move || reload(&state)).map(drop)
 }

@@ -25,7 +25,11 @@ impl Caller {
 
 /// Verifies the call's `authorization` metadata.
 pub fn authenticate(verifier: &TokenVerifier, metadata: &MetadataMap) -> Result<Caller, GatewayError> {
-    let header = metadata.get("authorization").and_then(|v| v.to_str().ok());
+    authenticate_header(verifier, metadata.get("authorization").and_then(|v| v.to_str().ok()))
+}
+
+/// Verifies an `authorization` header value (gRPC metadata or an HTTP header alike).
+pub fn authenticate_header(verifier: &TokenVerifier, header: Option<&str>) -> Result<Caller, GatewayError> {
     let verified = verifier.verify_header(header).map_err(|e| GatewayError::Unauthenticated(e.code()))?;
     Ok(Caller { subject: verified.subject.to_string(), roles: verified.role_names().map(str::to_string).collect() })
 }

@@ -90,28 +90,15 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     service.reload_keys();
     service.reload_policy();
     service.reload_kestra();
-    let poll = |ms: u64| Duration::from_millis(ms.max(100));
-    watch_state(
-        &service,
-        "keys",
-        config.jwt.keys_dir.clone(),
-        poll(config.jwt.poll_interval_ms),
-        Service::reload_keys,
-    )?;
-    watch_state(
-        &service,
-        "policy",
-        config.policy.dir.clone(),
-        poll(config.policy.poll_interval_ms),
-        Service::reload_policy,
-    )?;
+    watch_state(&service, "keys", &config.jwt.keys_dir, config.jwt.poll_interval_ms, Service::reload_keys)?;
+    watch_state(&service, "policy", &config.policy.dir, config.policy.poll_interval_ms, Service::reload_policy)?;
     let watchers = Watchers::new(config.users.watch_streams);
     let driver = match kestra {
         Some(connection) => {
             let k = &config.kestra;
-            let secrets = poll(k.secrets_poll_interval_ms);
-            watch_state(&service, "kestra-tls", k.tls_dir.clone(), secrets, Service::reload_kestra)?;
-            watch_state(&service, "kestra-credential", k.credential_dir.clone(), secrets, Service::reload_kestra)?;
+            let secrets = k.secrets_poll_interval_ms;
+            watch_state(&service, "kestra-tls", &k.tls_dir, secrets, Service::reload_kestra)?;
+            watch_state(&service, "kestra-credential", &k.credential_dir, secrets, Service::reload_kestra)?;
             let url = reqwest::Url::parse(&k.url)?;
             let client = Arc::new(KestraClient::new(KestraTarget { url, tenant: k.tenant.clone() }, connection));
             let driver = Arc::new(Driver::new(store.clone(), client, watchers.clone(), settings(k)));

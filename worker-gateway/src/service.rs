@@ -14,7 +14,7 @@ use qiria_runtime::rate::KeyedRateLimiter;
 use tonic::{Request, Response, Status};
 
 use crate::access::{self, Scope};
-use crate::caller::{authenticate, Caller};
+use crate::caller::{authenticate, authenticate_header, Caller};
 use crate::driver::Driver;
 use crate::errors::GatewayError;
 use crate::flows;
@@ -59,7 +59,8 @@ type Result<T> = std::result::Result<Response<T>, Status>;
 impl Jobs {
     /// Refuses headers without a valid bearer token, before a body is read as a message.
     pub fn require_token(&self, headers: &axum::http::HeaderMap) -> std::result::Result<(), GatewayError> {
-        authenticate(&self.verifier, &tonic::metadata::MetadataMap::from_headers(headers.clone())).map(drop)
+        let header = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        authenticate_header(&self.verifier, header).map(drop)
     }
 
     /// The verified caller, within their request rate (a flood from one user slows nobody

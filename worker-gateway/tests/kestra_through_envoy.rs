@@ -319,6 +319,16 @@ async fn a_wrong_client_certificate_an_unknown_ca_or_a_bad_credential_fail_close
         let closed = ["unreachable", "could not confirm"].iter().any(|s| done.reason.contains(s));
         assert!(closed, "{name}: says Kestra could not be used: {}", done.reason);
         assert!(executions_of(&w.kestra, &job.id).await.is_empty(), "{name}: nothing ran");
+        // The mounted TLS secret is fixed (a rotated certificate, a corrected CA): the gateway
+        // reloads it by itself and the next job runs.
+        w.kestra.write_tls_secret(tls).unwrap();
+        let fixed = wait_until(Duration::from_secs(30), || async {
+            let job =
+                submit(&direct, &alice, trigger("qiria.demo", "hello", &[("name", "x")], "")).await.expect("trigger");
+            watch_to_end(&direct, &alice, &job.id).await.1.state() == JobState::Success
+        })
+        .await;
+        assert!(fixed, "{name}: the fixed TLS files were never used:\n{}", gateway.output());
     }
 
     // The right certificates, a wrong credential: Kestra's 401, said plainly, never retried.
