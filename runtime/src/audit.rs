@@ -160,6 +160,28 @@ pub enum AuditEvent<'a> {
         /// How many were still live (a cancel was asked for; erase again once they end).
         live: u64,
     },
+    /// The scripting worker ran a script (its body is never recorded; its hash is).
+    ScriptRan {
+        /// The gateway's job id.
+        job: &'a str,
+        /// The sandbox run's own id.
+        run: &'a str,
+        /// The verified identity that asked (the gateway's certificate).
+        caller: &'a str,
+        /// Hex SHA-256 of the script.
+        script_sha256: &'a str,
+        /// Its exit code (-1: none).
+        exit_code: i32,
+        /// Limits that fired, comma-separated (empty: none).
+        limits_hit: &'a str,
+    },
+    /// The scripting worker refused a caller (no allowed identity in its certificate).
+    ScriptRefused {
+        /// What the certificate named (its SANs), or empty.
+        caller: &'a str,
+        /// Why.
+        reason: &'a str,
+    },
     /// An admin API call was carried out.
     AdminAction {
         /// The verified subject who asked.
@@ -233,6 +255,12 @@ pub fn record(event: AuditEvent<'_>) {
         AuditEvent::JobsExpired { count } => info!(target: "qiria::audit", event = "jobs_expired", count),
         AuditEvent::JobsErased { owner, by, count, live } => {
             info!(target: "qiria::audit", event = "jobs_erased", owner, by, count, live)
+        }
+        AuditEvent::ScriptRan { job, run, caller, script_sha256, exit_code, limits_hit } => {
+            info!(target: "qiria::audit", event = "script_ran", job, run, caller, script_sha256, exit_code, limits_hit)
+        }
+        AuditEvent::ScriptRefused { caller, reason } => {
+            warn!(target: "qiria::audit", event = "script_refused", caller, reason)
         }
         AuditEvent::AdminAction { actor, action, target } => {
             info!(target: "qiria::audit", event = "admin_action", actor, action, target)

@@ -13,6 +13,7 @@ pub mod process;
 pub mod tls;
 pub mod tokens;
 pub mod upstream;
+pub mod worker;
 
 use std::net::TcpListener;
 use std::path::PathBuf;

@@ -13,9 +13,25 @@ pub struct Process {
 impl Process {
     /// Starts `program args…`, stdout and stderr appended to `log`.
     pub fn spawn(name: &str, program: &Path, args: &[String], log: &Path) -> std::io::Result<Self> {
+        Self::spawn_with_env(name, program, args, log, &[])
+    }
+
+    /// [`Process::spawn`] with `env` added to the inherited environment.
+    pub fn spawn_with_env(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        log: &Path,
+        env: &[(&str, &str)],
+    ) -> std::io::Result<Self> {
         let out = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
-        let child =
-            Command::new(program).args(args).stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out).spawn()?;
+        let child = Command::new(program)
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()?;
         Ok(Self { name: name.to_string(), child: Some(child), log: log.to_path_buf() })
     }
 

@@ -1,0 +1,53 @@
+//! `scripting-worker serve`: parses the command line and config, sets up logging, serves.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use qiria_runtime::config::{LogArgs, Overrides};
+use qiria_runtime::shutdown::{os_signal, Shutdown};
+use scripting_worker::config::Config;
+
+/// Qiria scripting worker: every user script in a fresh gVisor sandbox.
+#[derive(Debug, Parser)]
+#[command(name = "scripting-worker", version)]
+enum Cli {
+    /// Serve the sandbox API (config: defaults < --config TOML < QIRIA_WORKER_* env < flags).
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// TOML configuration file; unknown keys are an error.
+    #[arg(long, short = 'c', env = "QIRIA_WORKER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address of the sandbox API [default: 127.0.0.1:9198].
+    #[arg(long)]
+    grpc_addr: Option<String>,
+    /// Address of /metrics and /health [default: 127.0.0.1:9199].
+    #[arg(long)]
+    admin_addr: Option<String>,
+    /// Logging.
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+fn main() -> ExitCode {
+    let Cli::Serve(args) = Cli::parse();
+    let overrides = Overrides::default()
+        .set("server.grpc_addr", args.grpc_addr.clone())
+        .set("server.admin_addr", args.admin_addr.clone());
+    let overrides = args.log.apply(overrides).into_figment();
+    let result = Config::load(args.config.as_deref(), overrides).map_err(anyhow::Error::from).and_then(|config| {
+        qiria_runtime::logging::init(&config.log);
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        runtime.block_on(async { scripting_worker::server::run(config, Shutdown::on(os_signal())).await })
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("scripting-worker: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
