@@ -4,6 +4,8 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto = "../proto/qiria/jobs/v1/jobs.proto";
     println!("cargo:rerun-if-changed={proto}");
+    // The scripting worker's API: a job carries its result, and the gateway is its client.
+    println!("cargo:rerun-if-changed=../proto/qiria/sandbox/v1/sandbox.proto");
     let descriptors = protox::compile([proto], ["../proto"])?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("jobs_descriptor.bin"), prost::Message::encode_to_vec(&descriptors))?;

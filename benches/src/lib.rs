@@ -21,6 +21,7 @@ pub mod envoy_bench;
 pub mod gateway_bench;
 pub mod proc_stats;
 pub mod report;
+pub mod sandbox_bench;
 pub mod scaling;
 
 /// The configuration benchmarks run authz with: test issuer, no per-decision log line.

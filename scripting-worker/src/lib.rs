@@ -23,3 +23,22 @@ mod service;
 pub mod pb {
     tonic::include_proto!("qiria.sandbox.v1");
 }
+
+/// The Kubernetes objects the `kubernetes` backend needs in a cluster before its first run:
+/// the sandbox namespace, its deny-all NetworkPolicy and LimitRange, the worker's
+/// ServiceAccount, Role and RoleBinding, the `gvisor` RuntimeClass and the admission policy
+/// holding every sandbox pod to it.
+pub fn kubernetes_manifests(config: &config::Config) -> Vec<serde_json::Value> {
+    sandbox::kubernetes::manifests(config)
+}
+
+/// The Job and ConfigMap (owned by the Job of uid `job_uid`) the `kubernetes` backend makes
+/// for a run `run_id` of `script`.
+pub fn kubernetes_run_manifests(
+    config: &config::Config,
+    run_id: &str,
+    job_uid: &str,
+    script: &str,
+) -> Vec<serde_json::Value> {
+    sandbox::kubernetes::run_manifests(config, run_id, job_uid, script)
+}

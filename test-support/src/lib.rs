@@ -28,8 +28,10 @@ pub fn workspace_root() -> PathBuf {
 /// one crate start another crate's binary (`./dev test` builds the whole workspace).
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
-    // Tests run from target/<profile>/deps/, binaries sit in target/<profile>/.
-    let profile_dir = exe.parent().and_then(|deps| deps.parent()).map(PathBuf::from).unwrap_or_default();
+    // Tests run from target/<profile>/deps/, binaries (benchmarks among them) sit in
+    // target/<profile>/.
+    let dir = exe.parent().map(PathBuf::from).unwrap_or_default();
+    let profile_dir = if dir.ends_with("deps") { dir.parent().map(PathBuf::from).unwrap_or_default() } else { dir };
     let bin = profile_dir.join(name);
     assert!(bin.is_file(), "no {} (run `cargo build --workspace --bins` or ./dev test)", bin.display());
     bin

@@ -10,7 +10,10 @@ use tonic::transport::Channel;
 use tonic::Request;
 
 use crate::pb::job_service_client::JobServiceClient;
-use crate::pb::{CancelJobRequest, GetJobRequest, Job, JobState, ListJobsRequest, TriggerFlowRequest, WatchJobRequest};
+use crate::pb::{
+    CancelJobRequest, GetJobRequest, Job, JobState, ListJobsRequest, SubmitScriptRequest, TriggerFlowRequest,
+    WatchJobRequest,
+};
 
 /// `worker-gateway jobs`.
 #[derive(Debug, clap::Args)]
@@ -45,6 +48,17 @@ pub enum JobsCommand {
         #[arg(long, default_value = "")]
         idempotency_key: String,
         /// Then watch the job until it ends.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Run a Python script in the scripting worker's sandbox.
+    Script {
+        /// The script file (`-`: standard input).
+        file: std::path::PathBuf,
+        /// The same key twice gives the same job.
+        #[arg(long, default_value = "")]
+        idempotency_key: String,
+        /// Then watch the job until it ends, and print its output.
         #[arg(long)]
         watch: bool,
     },
@@ -89,6 +103,19 @@ pub async fn run(args: JobsArgs) -> anyhow::Result<bool> {
                 idempotency_key,
             };
             let job = api.trigger_flow(call.request(request)).await?.into_inner();
+            print(&job);
+            if watch {
+                return follow(&mut api, call.request(WatchJobRequest { id: job.id.clone() }), Some(job)).await;
+            }
+        }
+        JobsCommand::Script { file, idempotency_key, watch } => {
+            let body = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())?
+            } else {
+                std::fs::read_to_string(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?
+            };
+            let request = SubmitScriptRequest { language: "python".into(), body, idempotency_key };
+            let job = api.submit_script(call.request(request)).await?.into_inner();
             print(&job);
             if watch {
                 return follow(&mut api, call.request(WatchJobRequest { id: job.id.clone() }), Some(job)).await;
@@ -142,6 +169,19 @@ fn print(job: &Job) {
         line.push_str(&format!(" outputs: {}", fields.join(", ")));
     }
     println!("{line}");
+    if let Some(result) = &job.script_result {
+        for (name, text) in [("stdout", &result.stdout), ("stderr", &result.stderr)] {
+            for output in text.lines() {
+                println!("  {name}| {output}");
+            }
+        }
+        for artifact in &result.artifacts {
+            println!("  artifact {} ({} bytes, sha256 {})", artifact.name, artifact.size, artifact.sha256);
+        }
+        if !result.limits_hit.is_empty() {
+            println!("  limits hit: {}", result.limits_hit.join(", "));
+        }
+    }
 }
 
 fn value_text(value: &prost_types::Value) -> String {

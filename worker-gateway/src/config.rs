@@ -32,6 +32,8 @@ pub struct Config {
     pub policy: CallerPolicyConfig,
     /// Where flows run.
     pub kestra: KestraConfig,
+    /// Where scripts run.
+    pub scripts: ScriptsConfig,
     /// Log format and level.
     pub log: LogConfig,
 }
@@ -133,6 +135,52 @@ impl Default for KestraConfig {
     }
 }
 
+/// The scripting worker, and how the gateway hands it scripts.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScriptsConfig {
+    /// `https://host:port` of the scripting worker; empty: none, script jobs stay queued
+    /// saying so.
+    pub url: String,
+    /// The gateway's client certificate (the identity the worker admits) and the CA the
+    /// worker's certificate must chain to: `ca.crt`, `tls.crt`, `tls.key`, reloaded when they
+    /// change.
+    pub tls_dir: PathBuf,
+    /// The name the worker's certificate must carry; empty: the URL's host.
+    pub server_name: String,
+    /// TCP + TLS connect timeout (ms).
+    pub connect_timeout_ms: u64,
+    /// How long one run may take, queue and sandbox together (ms); it must exceed the
+    /// worker's wall-clock limit plus its queue wait. A run gone this long twice over on a
+    /// gateway that stopped is failed.
+    pub run_timeout_ms: u64,
+    /// How often queued scripts are looked at (ms).
+    pub poll_interval_ms: u64,
+    /// Scripts in flight at once (the worker's own pool bounds them too).
+    pub max_in_flight: usize,
+    /// Times a script is handed over when the worker was unreachable or busy before it
+    /// fails.
+    pub max_attempts: u32,
+    /// How often the TLS directory is re-read (ms).
+    pub secrets_poll_interval_ms: u64,
+}
+
+impl Default for ScriptsConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            tls_dir: PathBuf::from("/var/run/secrets/qiria/scripting-worker-tls"),
+            server_name: String::new(),
+            connect_timeout_ms: 2_000,
+            run_timeout_ms: 120_000,
+            poll_interval_ms: 500,
+            max_in_flight: 4,
+            max_attempts: 20,
+            secrets_poll_interval_ms: 5_000,
+        }
+    }
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
@@ -179,6 +227,19 @@ impl Config {
         }
         if k.reconcile_wait_ms <= k.request_timeout_ms {
             return Err(ConfigError::invalid("kestra.reconcile_wait_ms", "must exceed kestra.request_timeout_ms"));
+        }
+        let sc = &config.scripts;
+        if !sc.url.is_empty() {
+            match reqwest::Url::parse(&sc.url) {
+                Ok(url) if url.scheme() == "https" && url.host().is_some() => {}
+                _ => return Err(ConfigError::invalid("scripts.url", "must be an https:// URL (mutual TLS only)")),
+            }
+        }
+        if sc.max_attempts == 0 || sc.max_in_flight == 0 || sc.poll_interval_ms == 0 || sc.run_timeout_ms < 1_000 {
+            return Err(ConfigError::invalid(
+                "scripts",
+                "max_attempts, max_in_flight and poll_interval_ms must be at least 1, run_timeout_ms at least 1000",
+            ));
         }
         let (u, r) = (&config.users, &config.retention);
         if u.requests_per_minute == 0 || u.live_jobs == 0 {

@@ -24,7 +24,7 @@ use qiria_runtime::audit::{self, AuditEvent};
 use qiria_runtime::shutdown::Shutdown;
 use tokio::sync::Notify;
 
-use crate::jobs::{is_terminal, state_name, FlowWork, JobStore, Observation};
+use crate::jobs::{is_terminal, since_ms, state_name, FlowWork, JobStore, Observation};
 use crate::kestra::{job_state, Execution, KestraClient, KestraError, JOB_LABEL};
 use crate::pb::JobState;
 use crate::watch::Watchers;
@@ -257,9 +257,4 @@ fn failed(reason: String) -> Observation {
         outputs: None,
         not_sent: false,
     }
-}
-
-fn since_ms(at_ms: i64) -> Duration {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    now.saturating_sub(Duration::from_millis(u64::try_from(at_ms).unwrap_or(0)))
 }

@@ -11,12 +11,13 @@ use sqlx::{AnyPool, Row};
 
 use crate::access::Scope;
 use crate::pb::{Job, JobKind, JobState};
+use crate::sandbox_pb::RunResult;
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 const COLUMNS: &str = "id, owner, kind, state, reason, namespace, flow_id, execution_id, idempotency_key, \
      created_at, updated_at, kestra_state, outputs, payload, attempts, last_attempt_ms, attempt_pending, \
-     cancel_requested_by";
+     cancel_requested_by, script_result";
 
 /// A job to record.
 #[derive(Debug, Clone)]
@@ -332,6 +333,119 @@ impl JobStore {
     }
 }
 
+/// A live script job as the script driver sees it.
+#[derive(Debug, Clone)]
+pub struct ScriptWork {
+    /// The job.
+    pub job: Job,
+    /// `python`.
+    pub language: String,
+    /// The script.
+    pub body: String,
+    /// Times it was handed to the worker.
+    pub attempts: i64,
+    /// When it last was (ms since the epoch).
+    pub last_attempt_ms: i64,
+    /// Who asked to cancel it, if anyone.
+    pub cancel_requested_by: String,
+}
+
+impl JobStore {
+    /// Up to `limit` live script jobs, least recently updated first: the script driver's work.
+    pub async fn live_scripts(&self, limit: u32) -> Result<Vec<ScriptWork>, sqlx::Error> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM jobs WHERE kind = 'SCRIPT' AND state IN ('QUEUED', 'RUNNING') \
+             ORDER BY updated_at, id LIMIT $1"
+        ))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(script_work).collect()
+    }
+
+    /// Takes queued script `id` for a run (`QUEUED` → `RUNNING`, the attempt counted): `None`
+    /// when it was cancelled or taken first.
+    pub async fn claim_script(&self, id: &str, reason: &str) -> Result<Option<Job>, sqlx::Error> {
+        let (now, mut tx) = (now_i64(), self.pool.begin().await?);
+        let done = sqlx::query(
+            "UPDATE jobs SET state = 'RUNNING', reason = $1, attempts = attempts + 1, last_attempt_ms = $2, \
+             updated_at = $3 WHERE id = $4 AND kind = 'SCRIPT' AND state = 'QUEUED' AND cancel_requested_by = ''",
+        )
+        .bind(reason)
+        .bind(now_ms())
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Ok(None);
+        }
+        transition(&mut tx, id, "RUNNING", reason, now).await?;
+        tx.commit().await?;
+        self.get(id, &Scope::All).await
+    }
+
+    /// Ends running script `id` in `state` (or puts it back in the queue with `QUEUED`),
+    /// with its result when it has one; `None` when it was not running.
+    pub async fn settle_script(
+        &self,
+        id: &str,
+        state: JobState,
+        reason: &str,
+        result: Option<&RunResult>,
+    ) -> Result<Option<Job>, sqlx::Error> {
+        use base64::Engine as _;
+        let encoded =
+            result.map(|r| base64::engine::general_purpose::STANDARD.encode(prost::Message::encode_to_vec(r)));
+        let (now, mut tx) = (now_i64(), self.pool.begin().await?);
+        let done = sqlx::query(
+            "UPDATE jobs SET state = $1, reason = $2, script_result = $3, updated_at = $4 \
+             WHERE id = $5 AND kind = 'SCRIPT' AND state = 'RUNNING'",
+        )
+        .bind(state_name(state))
+        .bind(reason)
+        .bind(encoded.unwrap_or_default())
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Ok(None);
+        }
+        transition(&mut tx, id, state_name(state), reason, now).await?;
+        tx.commit().await?;
+        self.get(id, &Scope::All).await
+    }
+
+    /// Who asked to cancel job `id` (empty: nobody).
+    pub async fn cancel_requested_by(&self, id: &str) -> Result<String, sqlx::Error> {
+        let row = sqlx::query("SELECT cancel_requested_by FROM jobs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("cancel_requested_by")).transpose()?.unwrap_or_default())
+    }
+}
+
+fn script_work(row: &AnyRow) -> Result<ScriptWork, sqlx::Error> {
+    #[derive(serde::Deserialize, Default)]
+    #[serde(default)]
+    struct Payload {
+        language: String,
+        body: String,
+    }
+    let payload: String = row.try_get("payload")?;
+    let payload: Payload = serde_json::from_str(&payload).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    Ok(ScriptWork {
+        job: job(row)?,
+        language: payload.language,
+        body: payload.body,
+        attempts: row.try_get("attempts")?,
+        last_attempt_ms: row.try_get("last_attempt_ms")?,
+        cancel_requested_by: row.try_get("cancel_requested_by")?,
+    })
+}
+
 /// A live flow job as the driver sees it.
 #[derive(Debug, Clone)]
 pub struct FlowWork {
@@ -381,6 +495,12 @@ fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+/// How long ago `at_ms` (ms since the epoch) was.
+pub(crate) fn since_ms(at_ms: i64) -> std::time::Duration {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    now.saturating_sub(std::time::Duration::from_millis(u64::try_from(at_ms).unwrap_or(0)))
 }
 
 fn flow_work(row: &AnyRow) -> Result<FlowWork, sqlx::Error> {
@@ -467,7 +587,18 @@ fn job(row: &AnyRow) -> Result<Job, sqlx::Error> {
         updated_at: row.try_get("updated_at")?,
         kestra_state: row.try_get("kestra_state")?,
         outputs: outputs(&row.try_get::<String, _>("outputs")?),
+        script_result: script_result(&row.try_get::<String, _>("script_result")?),
     })
+}
+
+/// The stored result (protobuf, base64) of a script job.
+fn script_result(text: &str) -> Option<RunResult> {
+    use base64::Engine as _;
+    if text.is_empty() {
+        return None;
+    }
+    let bytes = base64::engine::general_purpose::STANDARD.decode(text).ok()?;
+    prost::Message::decode(bytes.as_slice()).ok()
 }
 
 /// The stored outputs (JSON text) as a protobuf `Struct`.

@@ -15,11 +15,13 @@ use qiria_runtime::watch::watch_state;
 use serde::Serialize;
 use tracing::info;
 
-use crate::config::{Config, KestraConfig};
+use crate::config::{Config, KestraConfig, ScriptsConfig};
 use crate::driver::{Driver, DriverSettings};
 use crate::jobs::JobStore;
 use crate::kestra::connection::{ConnectionFiles, LiveConnection};
 use crate::kestra::{KestraClient, KestraTarget};
+use crate::sandbox::{LiveWorker, WorkerTarget};
+use crate::scripts::{ScriptDriver, ScriptSettings};
 use crate::service::Jobs;
 use crate::watch::Watchers;
 
@@ -29,6 +31,7 @@ struct Health {
     keys: ComponentStatus,
     policy: ComponentStatus,
     kestra: Option<ComponentStatus>,
+    scripting_worker: Option<ComponentStatus>,
 }
 
 struct Service {
@@ -36,6 +39,7 @@ struct Service {
     verifier: Arc<TokenVerifier>,
     policy: Arc<LivePolicy>,
     kestra: Option<Arc<LiveConnection>>,
+    worker: Option<Arc<LiveWorker>>,
     health: Mutex<Health>,
 }
 
@@ -50,6 +54,12 @@ impl Service {
 
     fn reload_policy(&self) {
         self.policy.reload().record(&mut self.health().policy);
+    }
+
+    fn reload_worker(&self) {
+        if let Some(worker) = &self.worker {
+            worker.reload();
+        }
     }
 
     fn reload_kestra(&self) {
@@ -70,8 +80,10 @@ impl qiria_runtime::admin::AdminState for Service {
     fn health(&self) -> (bool, serde_json::Value) {
         let mut health = self.health();
         health.kestra = self.kestra.as_ref().map(|k| k.status());
+        health.scripting_worker = self.worker.as_ref().map(|w| w.status());
         let kestra_ok = health.kestra.as_ref().is_none_or(|k| k.active.is_some());
-        let serving = health.keys.active.is_some() && health.policy.active.is_some() && kestra_ok;
+        let worker_ok = health.scripting_worker.as_ref().is_none_or(|w| w.active.is_some());
+        let serving = health.keys.active.is_some() && health.policy.active.is_some() && kestra_ok && worker_ok;
         (serving, serde_json::to_value(&*health).unwrap_or_default())
     }
 }
@@ -80,16 +92,19 @@ impl qiria_runtime::admin::AdminState for Service {
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let store = JobStore::open(&config.store.database_url).await?;
     let kestra = (!config.kestra.url.is_empty()).then(|| Arc::new(LiveConnection::new(files(&config.kestra))));
+    let worker = (!config.scripts.url.is_empty()).then(|| Arc::new(LiveWorker::new(target(&config.scripts))));
     let service = Arc::new(Service {
         verifier: Arc::new(TokenVerifier::new(&config.verifier())),
         policy: Arc::new(LivePolicy::new(config.policy.dir.clone(), config.policy.bundle_options())),
         kestra: kestra.clone(),
+        worker: worker.clone(),
         health: Mutex::default(),
         config: config.clone(),
     });
     service.reload_keys();
     service.reload_policy();
     service.reload_kestra();
+    service.reload_worker();
     watch_state(&service, "keys", &config.jwt.keys_dir, config.jwt.poll_interval_ms, Service::reload_keys)?;
     watch_state(&service, "policy", &config.policy.dir, config.policy.poll_interval_ms, Service::reload_policy)?;
     let watchers = Watchers::new(config.users.watch_streams);
@@ -107,6 +122,22 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let scripts = match worker {
+        Some(worker) => {
+            let sc = &config.scripts;
+            watch_state(
+                &service,
+                "scripting-worker-tls",
+                &sc.tls_dir,
+                sc.secrets_poll_interval_ms,
+                Service::reload_worker,
+            )?;
+            let driver = Arc::new(ScriptDriver::new(store.clone(), worker, watchers.clone(), script_settings(sc)));
+            tokio::spawn(driver.clone().run(shutdown.clone()));
+            Some(driver)
+        }
+        None => None,
+    };
     let r = &config.retention;
     let (keep, every) = (Duration::from_secs(r.keep_finished_secs), Duration::from_secs(r.sweep_interval_secs));
     tokio::spawn(crate::retention::run(store.clone(), keep, every, shutdown.clone()));
@@ -117,6 +148,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         limits: config.limits.clone(),
         policy: service.policy.clone(),
         driver,
+        scripts,
         rate: KeyedRateLimiter::per_minute(config.users.requests_per_minute, 100_000),
         live_jobs: config.users.live_jobs,
     });
@@ -151,5 +183,23 @@ fn settings(k: &KestraConfig) -> DriverSettings {
         max_attempts: i64::from(k.max_attempts),
         max_in_flight: k.max_in_flight,
         batch: 256,
+    }
+}
+
+fn target(s: &ScriptsConfig) -> WorkerTarget {
+    WorkerTarget {
+        url: s.url.clone(),
+        tls_dir: s.tls_dir.clone(),
+        server_name: s.server_name.clone(),
+        connect_timeout: Duration::from_millis(s.connect_timeout_ms),
+    }
+}
+
+fn script_settings(s: &ScriptsConfig) -> ScriptSettings {
+    ScriptSettings {
+        poll: Duration::from_millis(s.poll_interval_ms),
+        run_timeout: Duration::from_millis(s.run_timeout_ms),
+        max_in_flight: s.max_in_flight,
+        max_attempts: i64::from(s.max_attempts),
     }
 }

@@ -1,7 +1,7 @@
 //! `qiria.jobs.v1.JobService`: each call authenticated, scoped, validated, then recorded.
-//! A recorded flow job is the driver's to send to Kestra (`driver`); a script job stays
-//! `QUEUED`, saying so in `reason`, until the scripting worker exists — a job is never given a
-//! result it did not get.
+//! A recorded flow job is the driver's to send to Kestra (`driver`), a script job the script
+//! driver's to hand to the scripting worker (`scripts`). Without one configured, the job stays
+//! `QUEUED` saying so in `reason` — a job is never given a result it did not get.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -24,6 +24,7 @@ use crate::pb::{
     CancelJobRequest, EraseUserJobsRequest, EraseUserJobsResponse, GetJobRequest, Job, JobEvent, JobKind,
     ListJobsRequest, ListJobsResponse, SubmitScriptRequest, TriggerFlowRequest, WatchJobRequest,
 };
+use crate::scripts::{ScriptDriver, SCRIPT_QUEUED};
 use crate::validate::{self, Limits};
 use crate::watch::Watchers;
 
@@ -31,8 +32,8 @@ use crate::watch::Watchers;
 pub const FLOW_SENDING: &str = "waiting to be sent to Kestra";
 /// Why a flow job waits when none is.
 pub const FLOW_WAITS: &str = "no Kestra is configured for this gateway (kestra.url); the job waits";
-/// Why a script job waits, until the scripting worker exists.
-pub const SCRIPT_WAITS: &str = "waiting for the scripting worker, which is not deployed yet";
+/// Why a script job waits when no scripting worker is configured.
+pub const SCRIPT_WAITS: &str = "no scripting worker is configured for this gateway (scripts.url); the job waits";
 
 /// The service.
 pub struct Jobs {
@@ -48,6 +49,8 @@ pub struct Jobs {
     pub policy: Arc<LivePolicy>,
     /// Sends flow jobs to Kestra; `None` without a Kestra.
     pub driver: Option<Arc<Driver>>,
+    /// Hands script jobs to the scripting worker; `None` without one.
+    pub scripts: Option<Arc<ScriptDriver>>,
     /// Calls per user per minute.
     pub rate: KeyedRateLimiter<String>,
     /// Unfinished jobs per user.
@@ -91,6 +94,9 @@ impl Jobs {
     fn wake_driver(&self) {
         if let Some(driver) = &self.driver {
             driver.wake();
+        }
+        if let Some(scripts) = &self.scripts {
+            scripts.wake();
         }
     }
 
@@ -161,7 +167,7 @@ impl JobService for Jobs {
             namespace: String::new(),
             flow_id: String::new(),
             idempotency_key: idempotency_key(&r.idempotency_key)?,
-            reason: SCRIPT_WAITS.into(),
+            reason: if self.scripts.is_some() { SCRIPT_QUEUED } else { SCRIPT_WAITS }.into(),
             payload: serde_json::json!({ "language": r.language, "body": r.body }),
         };
         Ok(Response::new(self.submit(&caller, new).await?))

@@ -53,7 +53,7 @@ async fn rest(stack: &Stack, method: reqwest::Method, path: &str, token: &str, b
 async fn a_user_with_too_many_unfinished_jobs_is_refused_and_nobody_else_is() {
     let (stack, api) = stack("[users]\nlive_jobs = 2\n").await;
     let (alice, bob) = (stack.token("alice", &["User"]), stack.token("bob", &["User"]));
-    // Scripts stay queued (no scripting worker yet): unfinished.
+    // Scripts stay queued (no scripting worker configured here): unfinished.
     let first = script(&api, &alice).await.expect("first");
     script(&api, &alice).await.expect("second");
     let refused = script(&api, &alice).await.unwrap_err();

@@ -1,8 +1,10 @@
 //! What a sandbox backend is: it takes one script and its limits, runs it somewhere nothing of
 //! the host is reachable, and gives back what happened — then nothing of the run is left.
-//! The backends: `runsc` (gVisor on this host; [`runsc`]). The bubblewrap and Kubernetes
-//! backends of the design implement the same trait.
+//! The backends: `runsc` (gVisor on this host; [`runsc`]) and `kubernetes` (a gVisor Job per
+//! run in a sandbox namespace; [`kubernetes`], its requests made but not yet sent). The
+//! bubblewrap backend of the design implements the same trait.
 
+pub(crate) mod kubernetes;
 pub(crate) mod oci;
 pub(crate) mod runsc;
 

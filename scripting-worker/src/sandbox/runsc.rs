@@ -150,8 +150,19 @@ impl Runsc {
         if let Some(cgroup) = cgroup {
             cgroup.kill_all()?;
         }
-        if std::fs::read_dir(&self.state)?.flatten().any(|e| e.file_name().to_string_lossy().contains(id)) {
+        let of_this_run = || -> io::Result<Vec<PathBuf>> {
+            Ok(std::fs::read_dir(&self.state)?
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().contains(id))
+                .map(|e| e.path())
+                .collect())
+        };
+        if !of_this_run()?.is_empty() {
             self.delete_container(id);
+            // A killed `runsc run` leaves its lock file even after `delete --force`.
+            for leftover in of_this_run()? {
+                std::fs::remove_file(leftover)?;
+            }
         }
         if let Some(cgroup) = cgroup {
             cgroup.remove()?;
