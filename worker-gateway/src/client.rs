@@ -163,7 +163,12 @@ async fn follow(
 
 fn print(job: &Job) {
     let state = crate::jobs::state_name(job.state());
-    let mut line = format!("{} {state:<9} {}/{} {}", job.id, job.namespace, job.flow_id, job.reason);
+    let what = if job.kind() == crate::pb::JobKind::Script {
+        "script".to_string()
+    } else {
+        format!("{}/{}", job.namespace, job.flow_id)
+    };
+    let mut line = format!("{} {state:<9} {what} {}", job.id, job.reason);
     if let Some(outputs) = &job.outputs {
         let fields: Vec<String> = outputs.fields.iter().map(|(k, v)| format!("{k}={}", value_text(v))).collect();
         line.push_str(&format!(" outputs: {}", fields.join(", ")));
