@@ -23,6 +23,8 @@ pub struct Config {
     pub sandbox: SandboxConfig,
     /// What one run may use.
     pub limits: RunLimits,
+    /// Where sandboxes may connect (nowhere by default).
+    pub egress: crate::egress::EgressConfig,
     /// Log format and level.
     pub log: LogConfig,
 }
@@ -188,6 +190,11 @@ impl Config {
         }
         if self.pool.queue > 10_000 {
             return Err(ConfigError::invalid("pool.queue", "must be at most 10000"));
+        }
+        crate::egress::EgressPolicy::from_config(&self.egress)
+            .map_err(|e| ConfigError::invalid("egress.allowed_hosts", e))?;
+        if !(1..=1024).contains(&self.egress.max_connections) {
+            return Err(ConfigError::invalid("egress.max_connections", "must be between 1 and 1024"));
         }
         if self.tls.allowed_clients.is_empty() {
             return Err(ConfigError::invalid("tls.allowed_clients", "is empty: no caller could run a script"));

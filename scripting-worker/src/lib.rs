@@ -7,6 +7,7 @@
 //! of its own) → the result. `errors` maps every failure to a gRPC status in one place.
 
 pub mod config;
+pub mod egress;
 pub mod server;
 
 mod cgroup;

@@ -17,7 +17,11 @@ const LEFT_OUT: [&str; 8] =
     ["test", "idlelib", "tkinter", "turtledemo", "ensurepip", "site-packages", "dist-packages", "lib2to3"];
 
 /// Mount points the sandbox's mounts need (a read-only root cannot grow them).
-const MOUNT_POINTS: [&str; 6] = ["proc", "dev", "sys", "tmp", "out", "job"];
+const MOUNT_POINTS: [&str; 7] = ["proc", "dev", "sys", "tmp", "out", "job", "run/qiria"];
+
+/// The egress bootstrap (see `egress`), where the root filesystem holds it.
+pub(crate) const EGRESS_BOOTSTRAP: &str = "/usr/lib/qiria/egress_bootstrap.py";
+const EGRESS_BOOTSTRAP_SOURCE: &str = include_str!("sandbox/egress_bootstrap.py");
 
 /// A built root filesystem.
 #[derive(Debug, Clone)]
@@ -84,6 +88,7 @@ pub(crate) fn build(state_dir: &Path, python: &Path, packages: &[PathBuf]) -> io
     for point in MOUNT_POINTS {
         std::fs::create_dir_all(building.join(point))?;
     }
+    copy_text(EGRESS_BOOTSTRAP_SOURCE, &at(Path::new(EGRESS_BOOTSTRAP)))?;
     std::fs::create_dir_all(building.join("etc"))?;
     std::fs::write(building.join("etc/passwd"), "nobody:x:65534:65534:nobody:/nonexistent:/nonexistent\n")?;
     std::fs::write(building.join("etc/group"), "nogroup:x:65534:\n")?;
@@ -154,6 +159,7 @@ fn stamp(host: &HostPython, packages: &[PathBuf]) -> io::Result<String> {
         hash.update(format!("{:?}", meta.modified().ok()).as_bytes());
     }
     hash.update(LEFT_OUT.join(",").as_bytes());
+    hash.update(EGRESS_BOOTSTRAP_SOURCE.as_bytes());
     Ok(hex::encode(hash.finalize()))
 }
 
@@ -192,6 +198,13 @@ fn files_under(dir: &Path) -> io::Result<Vec<PathBuf>> {
         }
     }
     Ok(files)
+}
+
+fn copy_text(text: &str, to: &Path) -> io::Result<()> {
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(to, text)
 }
 
 /// Copies `from` to `to`, following symlinks (a library is often one), world-readable.

@@ -53,7 +53,8 @@ impl qiria_runtime::admin::AdminState for Admin {
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let tls = tls(&config.tls.dir)?;
     let sandbox = config.sandbox.clone();
-    let (backend, swept) = tokio::task::spawn_blocking(move || Runsc::open(&sandbox)).await??;
+    let egress = crate::egress::EgressPolicy::from_config(&config.egress).map_err(anyhow::Error::msg)?;
+    let (backend, swept) = tokio::task::spawn_blocking(move || Runsc::open(&sandbox, egress)).await??;
     info!(
         containers = swept.containers,
         cgroups = swept.cgroups,

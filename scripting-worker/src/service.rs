@@ -14,7 +14,7 @@ use crate::config::RunLimits;
 use crate::errors::WorkerError;
 use crate::metrics::Metrics;
 use crate::pb::script_runner_server::ScriptRunner;
-use crate::pb::{Artifact, Durations, RunRequest, RunResult};
+use crate::pb::{Artifact, Durations, EgressAttempt, RunRequest, RunResult};
 use crate::pool::Pool;
 use crate::sandbox::{Backend, RunReport, RunSpec};
 
@@ -149,6 +149,11 @@ fn result(report: RunReport, queued: Duration) -> RunResult {
         }),
         cpu_ms: ms(report.cpu),
         memory_peak_bytes: report.memory_peak,
+        egress: report
+            .egress
+            .into_iter()
+            .map(|a| EgressAttempt { host: a.host, port: u32::from(a.port), allowed: a.allowed, reason: a.reason })
+            .collect(),
     }
 }
 

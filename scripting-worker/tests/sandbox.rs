@@ -289,6 +289,61 @@ async fn only_the_gateway_identity_runs_scripts_and_a_full_pool_refuses() {
     h.assert_nothing_left("the pool test").await;
 }
 
+/// A TCP echo server on the host that counts its connections.
+fn echo_listener() -> (u16, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listener");
+    let port = listener.local_addr().expect("addr").port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            counter.fetch_add(1, Ordering::SeqCst);
+            std::thread::spawn(move || {
+                let mut reader = stream.try_clone().expect("clone");
+                let _ = std::io::copy(&mut reader, &mut stream);
+            });
+        }
+    });
+    (port, accepted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_goes_only_through_the_proxy_and_only_to_allowed_names() {
+    let (allowed, allowed_seen) = echo_listener();
+    let (other, other_seen) = echo_listener();
+    // The test's "internet" is loopback, so private addresses are let through here; the
+    // default refuses them (unit-tested in `egress`).
+    let egress = format!("[egress]\nallowed_hosts = [\"localhost:{allowed}\"]\nallow_private_addresses = true\n");
+    let h = Harness::start(&egress).await;
+    let result = h
+        .run(&script("hostile/egress.py", &[("ALLOWED_PORT", allowed.to_string()), ("OTHER_PORT", other.to_string())]))
+        .await;
+    let line = result.stdout.lines().last().unwrap_or_default();
+    let seen: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|_| panic!("no verdict: {result:?}"));
+    assert_eq!(seen["proxy_env"], "http://127.0.0.1:3128", "{seen}");
+    assert_eq!(
+        (seen["allowed_status"].as_str(), seen["tunnel"].as_str()),
+        (Some("HTTP/1.1 200 Connection Established"), Some("ping")),
+        "{seen}"
+    );
+    for target in [format!("localhost:{other}"), format!("127.0.0.1:{allowed}")] {
+        assert_eq!(seen["refused"][&target], "HTTP/1.1 403 Forbidden", "{target}: {seen}");
+    }
+    assert_eq!(seen["plain_http"], "HTTP/1.1 403 Forbidden", "{seen}");
+    assert!(seen["direct"].as_str().is_some_and(|d| d.starts_with("refused")), "{seen}");
+    assert_eq!(
+        (allowed_seen.load(Ordering::SeqCst), other_seen.load(Ordering::SeqCst)),
+        (1, 0),
+        "only the tunnel reached a host listener"
+    );
+    let attempts: Vec<(String, u32, bool)> =
+        result.egress.iter().map(|a| (a.host.clone(), a.port, a.allowed)).collect();
+    assert!(attempts.contains(&("localhost".into(), u32::from(allowed), true)), "{attempts:?}");
+    assert!(attempts.contains(&("localhost".into(), u32::from(other), false)), "{attempts:?}");
+    assert!(attempts.contains(&("127.0.0.1".into(), u32::from(allowed), false)), "{attempts:?}");
+    h.assert_nothing_left("an egress run").await;
+}
+
 async fn metric(admin_port: u16, name: &str) -> Option<f64> {
     let text = reqwest::get(format!("http://127.0.0.1:{admin_port}/metrics")).await.ok()?.text().await.ok()?;
     text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))

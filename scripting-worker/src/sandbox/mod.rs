@@ -78,6 +78,8 @@ pub(crate) struct RunReport {
     pub(crate) cleanup: Duration,
     pub(crate) cpu: Duration,
     pub(crate) memory_peak: u64,
+    /// What the script asked the egress proxy for.
+    pub(crate) egress: Vec<crate::egress::Attempt>,
 }
 
 /// Why a run could not be made (never the script's own failure: that is a [`RunReport`]).

@@ -2,7 +2,8 @@
 //! Python, uid/gid 65534, no capabilities, `noNewPrivileges`, an empty environment, a fresh
 //! hostname, fresh pid/net/ipc/uts/mount namespaces, and only these mounts: its own `/proc`,
 //! `/dev`, a size-capped `noexec` `/tmp`, the run's script read-only at `/job`, and the run's
-//! size-capped `/out`. No host path but `/job` and `/out` is visible.
+//! size-capped `/out` (and, with egress, the proxy's socket read-only at `/run/qiria`). No
+//! host path but these is visible.
 
 use std::path::Path;
 
@@ -13,19 +14,38 @@ use crate::config::RunLimits;
 /// The uid and gid the script runs as (the kernel's overflow id: owns nothing).
 pub(crate) const NOBODY: u32 = 65534;
 
+/// The loopback address the egress bootstrap forwards to the worker's proxy.
+const PROXY_URL: &str = "http://127.0.0.1:3128";
+
 /// The spec of a run whose root filesystem is `rootfs`, interpreter `python` (a path inside
-/// it), script directory `job_dir` and artifact directory `out_dir` (host paths).
-pub(crate) fn spec(rootfs: &Path, python: &Path, job_dir: &Path, out_dir: &Path, limits: &RunLimits) -> Value {
+/// it), script directory `job_dir` and artifact directory `out_dir` (host paths); with
+/// `egress_dir` (holding the proxy's socket), the script starts behind the egress bootstrap
+/// and finds the proxy in the usual variables.
+pub(crate) fn spec(
+    rootfs: &Path,
+    python: &Path,
+    job_dir: &Path,
+    out_dir: &Path,
+    egress_dir: Option<&Path>,
+    limits: &RunLimits,
+) -> Value {
     let none: [&str; 0] = [];
-    json!({
+    let (entry, env): (&str, Vec<String>) = match egress_dir {
+        Some(_) => {
+            let proxy = ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY"];
+            (crate::rootfs::EGRESS_BOOTSTRAP, proxy.iter().map(|v| format!("{v}={PROXY_URL}")).collect())
+        }
+        None => ("/job/main.py", Vec::new()),
+    };
+    let mut spec = json!({
         "ociVersion": "1.0.2",
         "process": {
             "terminal": false,
             "user": { "uid": NOBODY, "gid": NOBODY },
             // -I: no environment variables, no user site, no script directory on sys.path;
             // -B: no bytecode written (the root is read-only anyway).
-            "args": [python, "-I", "-B", "/job/main.py"],
-            "env": none,
+            "args": [python, "-I", "-B", entry],
+            "env": env,
             "cwd": "/tmp",
             "noNewPrivileges": true,
             "capabilities": { "bounding": none, "effective": none, "inheritable": none, "permitted": none, "ambient": none },
@@ -48,5 +68,10 @@ pub(crate) fn spec(rootfs: &Path, python: &Path, job_dir: &Path, out_dir: &Path,
         "linux": {
             "namespaces": [ { "type": "pid" }, { "type": "network" }, { "type": "ipc" }, { "type": "uts" }, { "type": "mount" } ],
         },
-    })
+    });
+    if let (Some(dir), Some(mounts)) = (egress_dir, spec["mounts"].as_array_mut()) {
+        mounts.push(json!({ "destination": "/run/qiria", "type": "bind", "source": dir,
+                            "options": ["rbind", "ro", "nosuid", "noexec", "nodev"] }));
+    }
+    spec
 }

@@ -27,6 +27,7 @@ use tokio::sync::{oneshot, Notify};
 use super::{oci, Artifact, Backend, LimitHit, RunReport, RunSpec, SandboxError};
 use crate::cgroup::{Hierarchies, RunCgroup};
 use crate::config::{RunLimits, SandboxConfig};
+use crate::egress::{EgressPolicy, RunProxy};
 use crate::rootfs::{self, RootFs};
 
 /// How often the CPU time of a running sandbox is read.
@@ -41,6 +42,7 @@ pub(crate) struct Runsc {
     state: PathBuf,
     rootfs: RootFs,
     cgroups: Hierarchies,
+    egress: Option<EgressPolicy>,
 }
 
 /// What start-up found and removed.
@@ -54,7 +56,7 @@ pub(crate) struct Swept {
 impl Runsc {
     /// Checks the host, builds the root filesystem and removes what an earlier worker left.
     /// Blocking (the root filesystem build copies the stdlib): call it off the async threads.
-    pub(crate) fn open(config: &SandboxConfig) -> io::Result<(Self, Swept)> {
+    pub(crate) fn open(config: &SandboxConfig, egress: Option<EgressPolicy>) -> io::Result<(Self, Swept)> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             return Err(io::Error::new(
@@ -77,6 +79,7 @@ impl Runsc {
             state: config.state_dir.join("runsc"),
             rootfs,
             cgroups,
+            egress,
         };
         let swept = backend.sweep()?;
         std::fs::create_dir_all(&backend.runs)?;
@@ -139,7 +142,12 @@ impl Runsc {
             },
         )?;
         mount_out(&out, &spec.limits)?;
-        let config = oci::spec(&self.rootfs.dir, &self.rootfs.python, &job, &out, &spec.limits);
+        let egress = bundle.join("egress");
+        if self.egress.is_some() {
+            std::fs::create_dir(&egress)?;
+        }
+        let egress = self.egress.is_some().then_some(egress.as_path());
+        let config = oci::spec(&self.rootfs.dir, &self.rootfs.python, &job, &out, egress, &spec.limits);
         std::fs::write(bundle.join("config.json"), serde_json::to_vec(&config).map_err(io::Error::other)?)?;
         self.cgroups.create(&spec.id, &spec.limits)
     }
@@ -183,11 +191,21 @@ impl Runsc {
     ) -> Result<RunReport, SandboxError> {
         let limits = &spec.limits;
         let procs = cgroup.procs_files().map_err(SandboxError::Setup)?;
+        let proxy = match &self.egress {
+            Some(policy) => {
+                Some(RunProxy::start(&bundle.join("egress/proxy.sock"), policy.clone()).map_err(SandboxError::Setup)?)
+            }
+            None => None,
+        };
         let mut command = Command::new(&self.runsc);
+        command.arg("--root").arg(&self.state).args(["--network=none", "--ignore-cgroups"]);
+        if proxy.is_some() {
+            // Connecting to the one socket bind-mounted into this run; nothing else of the
+            // host's is visible to connect to.
+            command.arg("--host-uds=open");
+        }
         command
-            .arg("--root")
-            .arg(&self.state)
-            .args(["--network=none", "--ignore-cgroups", "run", "--bundle"])
+            .args(["run", "--bundle"])
             .arg(bundle)
             .arg(&spec.id)
             // Nothing of the worker's environment reaches runsc (or, through it, the sandbox).
@@ -271,6 +289,7 @@ impl Runsc {
             run,
             cpu: Duration::from_nanos(usage.cpu_ns),
             memory_peak: usage.memory_peak,
+            egress: proxy.map(RunProxy::finish).unwrap_or_default(),
             ..RunReport::default()
         })
     }
