@@ -88,10 +88,14 @@ impl Default for PoolConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct SandboxConfig {
-    /// `runsc` (gVisor; needs root for its cgroup limits and the `/out` mount).
+    /// `runsc` (gVisor, the default) or `bubblewrap` (namespaces and a seccomp filter on the
+    /// host's own kernel: weaker, for hosts without gVisor). Both need root for their cgroup
+    /// limits and the `/out` mount.
     pub backend: String,
     /// The runsc binary.
     pub runsc: PathBuf,
+    /// The bubblewrap binary.
+    pub bwrap: PathBuf,
     /// The worker's own directory: the root filesystem it builds, one bundle per live run,
     /// runsc's state. Everything under it but `rootfs/` is removed at start-up.
     pub state_dir: PathBuf,
@@ -111,6 +115,7 @@ impl Default for SandboxConfig {
         Self {
             backend: "runsc".into(),
             runsc: PathBuf::from("/usr/bin/runsc"),
+            bwrap: PathBuf::from("/usr/bin/bwrap"),
             state_dir: PathBuf::from("/var/lib/qiria-scripting-worker"),
             python: PathBuf::from("/usr/bin/python3"),
             packages: Vec::new(),
@@ -182,8 +187,8 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let l = &self.limits;
-        if self.sandbox.backend != "runsc" {
-            return Err(ConfigError::invalid("sandbox.backend", "must be \"runsc\" (the only backend built so far)"));
+        if !matches!(self.sandbox.backend.as_str(), "runsc" | "bubblewrap") {
+            return Err(ConfigError::invalid("sandbox.backend", "must be \"runsc\" or \"bubblewrap\""));
         }
         if self.pool.sandboxes == 0 || self.pool.sandboxes > 64 {
             return Err(ConfigError::invalid("pool.sandboxes", "must be 1..=64"));

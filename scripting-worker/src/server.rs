@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::pb::script_runner_server::ScriptRunnerServer;
 use crate::pool::Pool;
-use crate::sandbox::runsc::Runsc;
+use crate::sandbox::host::HostSandbox;
 use crate::service::Runner;
 
 #[derive(Debug, Serialize)]
@@ -54,7 +54,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let tls = tls(&config.tls.dir)?;
     let sandbox = config.sandbox.clone();
     let egress = crate::egress::EgressPolicy::from_config(&config.egress).map_err(anyhow::Error::msg)?;
-    let (backend, swept) = tokio::task::spawn_blocking(move || Runsc::open(&sandbox, egress)).await??;
+    let (backend, swept) = tokio::task::spawn_blocking(move || HostSandbox::open(&sandbox, egress)).await??;
     info!(
         containers = swept.containers,
         cgroups = swept.cgroups,
@@ -65,7 +65,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let pool = Arc::new(Pool::new(p.sandboxes, p.queue, Duration::from_millis(p.queue_wait_ms)));
     let metrics = Arc::new(Metrics::new());
     let health = serde_json::to_value(Health {
-        backend: "runsc",
+        backend: if config.sandbox.backend == "bubblewrap" { "bubblewrap" } else { "runsc" },
         swept: Swept { containers: swept.containers, cgroups: swept.cgroups, bundles: swept.bundles },
     })?;
     let runner = Runner {

@@ -31,11 +31,16 @@ struct Harness {
 
 impl Harness {
     async fn start(extra_toml: &str) -> Self {
+        Self::start_with("runsc", extra_toml).await
+    }
+
+    async fn start_with(backend: &str, extra_toml: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let outer = OuterCgroup::new(2 << 30, 2048);
         let pki = pki_with_clients(GATEWAY_ID, &[OTHER_ID]);
         let state = dir.path().join("state");
-        let worker = ScriptingWorker::start(dir.path(), &state, &pki, &outer, &format!("{LIMITS}{extra_toml}")).await;
+        let extra = format!("{LIMITS}{extra_toml}");
+        let worker = ScriptingWorker::start_with_backend(dir.path(), &state, &pki, &outer, backend, &extra).await;
         Self { _dir: dir, outer, pki, worker }
     }
 
@@ -113,7 +118,26 @@ fn host_ip() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_scripts_reach_nothing_of_the_host_and_are_reported_cleanly() {
-    let h = Harness::start("").await;
+    hostile_suite("runsc").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_bubblewrap_too_hostile_scripts_reach_nothing_of_the_host() {
+    hostile_suite("bubblewrap").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_limit_stops_its_own_bomb_and_the_next_run_works() {
+    limits_suite("runsc").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_bubblewrap_too_each_limit_stops_its_own_bomb() {
+    limits_suite("bubblewrap").await;
+}
+
+async fn hostile_suite(backend: &str) {
+    let h = Harness::start_with(backend, "").await;
     let before = h.leftovers();
     assert!(before.is_empty(), "a fresh worker has leftovers: {before:#?}");
 
@@ -165,9 +189,8 @@ async fn hostile_scripts_reach_nothing_of_the_host_and_are_reported_cleanly() {
     h.assert_nothing_left("the hostile suite").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_limit_stops_its_own_bomb_and_the_next_run_works() {
-    let h = Harness::start("").await;
+async fn limits_suite(backend: &str) {
+    let h = Harness::start_with(backend, "").await;
     let limited = [
         ("limits/fork_bomb.py", "pids"),
         ("limits/memory_bomb.py", "oom"),

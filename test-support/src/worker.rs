@@ -144,6 +144,20 @@ impl ScriptingWorker {
     /// `state_dir` (kept across tests: the root filesystem is built once), and `extra_toml`
     /// (e.g. `[limits]`); waits until `/health` says it serves.
     pub async fn start(dir: &Path, state_dir: &Path, pki: &TestPki, outer: &OuterCgroup, extra_toml: &str) -> Self {
+        Self::start_with_backend(dir, state_dir, pki, outer, "runsc", extra_toml).await
+    }
+
+    /// [`ScriptingWorker::start`] with `backend` (`runsc` or `bubblewrap`).
+    pub async fn start_with_backend(
+        dir: &Path,
+        state_dir: &Path,
+        pki: &TestPki,
+        outer: &OuterCgroup,
+        backend: &str,
+        extra_toml: &str,
+    ) -> Self {
+        // The bubblewrap backend runs as uid 65534: the test's directories must be traversable.
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod test dir");
         let tls = dir.join("worker-tls");
         std::fs::create_dir_all(&tls).expect("tls dir");
         std::fs::write(tls.join("ca.crt"), &pki.ca_pem).expect("ca");
@@ -154,7 +168,7 @@ impl ScriptingWorker {
         let toml = format!(
             "[server]\ngrpc_addr = \"127.0.0.1:{grpc_port}\"\nadmin_addr = \"127.0.0.1:{admin_port}\"\n\
              [tls]\ndir = \"{}\"\nallowed_clients = [\"{GATEWAY_ID}\"]\n\
-             [sandbox]\nstate_dir = \"{}\"\ncgroup_parent = \"{}\"\n{extra_toml}\n",
+             [sandbox]\nbackend = \"{backend}\"\nstate_dir = \"{}\"\ncgroup_parent = \"{}\"\n{extra_toml}\n",
             tls.display(),
             state_dir.display(),
             outer.path,

@@ -4,9 +4,10 @@
 //! run in a sandbox namespace; [`kubernetes`], its requests made but not yet sent). The
 //! bubblewrap backend of the design implements the same trait.
 
+pub(crate) mod host;
 pub(crate) mod kubernetes;
 pub(crate) mod oci;
-pub(crate) mod runsc;
+pub(crate) mod seccomp;
 
 use std::time::Duration;
 

@@ -17,6 +17,17 @@ pub(crate) const NOBODY: u32 = 65534;
 /// The loopback address the egress bootstrap forwards to the worker's proxy.
 const PROXY_URL: &str = "http://127.0.0.1:3128";
 
+/// What the interpreter runs and the whole environment of the sandbox: the script and
+/// nothing, or (with egress) the bootstrap and the proxy variables.
+pub(crate) fn entry_and_env(egress: bool) -> (&'static str, Vec<String>) {
+    if egress {
+        let proxy = ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY"];
+        (crate::rootfs::EGRESS_BOOTSTRAP, proxy.iter().map(|v| format!("{v}={PROXY_URL}")).collect())
+    } else {
+        ("/job/main.py", Vec::new())
+    }
+}
+
 /// The spec of a run whose root filesystem is `rootfs`, interpreter `python` (a path inside
 /// it), script directory `job_dir` and artifact directory `out_dir` (host paths); with
 /// `egress_dir` (holding the proxy's socket), the script starts behind the egress bootstrap
@@ -30,13 +41,7 @@ pub(crate) fn spec(
     limits: &RunLimits,
 ) -> Value {
     let none: [&str; 0] = [];
-    let (entry, env): (&str, Vec<String>) = match egress_dir {
-        Some(_) => {
-            let proxy = ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY"];
-            (crate::rootfs::EGRESS_BOOTSTRAP, proxy.iter().map(|v| format!("{v}={PROXY_URL}")).collect())
-        }
-        None => ("/job/main.py", Vec::new()),
-    };
+    let (entry, env) = entry_and_env(egress_dir.is_some());
     let mut spec = json!({
         "ociVersion": "1.0.2",
         "process": {

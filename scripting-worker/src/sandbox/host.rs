@@ -1,15 +1,20 @@
-//! The gVisor backend: one fresh runsc container per run.
+//! The backends on this host: one fresh sandbox per run, isolated by gVisor (`runsc`, the
+//! default) or by bubblewrap (namespaces and a seccomp filter on the host's own kernel: the
+//! weaker one, for hosts without gVisor).
 //!
-//! A run is a bundle directory (`state_dir/runs/<id>`: `config.json`, the script read-only at
-//! `/job`, and a size-capped tmpfs the host mounts for `/out`), a cgroup of its own that
-//! `runsc run` joins before it executes (so gVisor's kernel, its gofer and every process of the
-//! script are in it, bound by its memory, pids and CPU limits and counted by it), and runsc's
-//! state under `state_dir/runsc`. The host supervises wall clock, CPU time and output, kills
-//! the whole cgroup when one runs out, then collects `/out` without following links and
-//! removes all four. What a killed worker left is found by the same names at start-up.
+//! A run is a bundle directory (`state_dir/runs/<id>`: runsc's `config.json` or bubblewrap's
+//! seccomp program, the script read-only at `/job`, and a size-capped tmpfs the host mounts
+//! for `/out`), a cgroup of its own that the launcher joins before it executes (so everything
+//! of the sandbox — gVisor's kernel and gofer, or bubblewrap — and every process of the script
+//! is in it, bound by its memory, pids and CPU limits and counted by it), and runsc's state
+//! under `state_dir/runsc`. The host supervises wall clock, CPU time and output, kills the
+//! whole cgroup when one runs out, then collects `/out` without following links and removes
+//! all of it. What a killed worker left is found by the same names at start-up.
 //!
 //! Privileges: root on the host (cgroup v1 directories, the `/out` tmpfs mount, runsc without
-//! `--rootless`). The script itself runs as uid 65534 with no capabilities inside gVisor.
+//! `--rootless`). The script itself runs as uid 65534 with no capabilities: inside gVisor, or
+//! (bubblewrap) as the host's uid 65534 in a user namespace of its own, launched already
+//! unprivileged.
 
 use std::collections::BTreeSet;
 use std::ffi::CString;
@@ -35,9 +40,17 @@ const CPU_POLL: Duration = Duration::from_millis(50);
 /// `/out` is this much larger than the artifact cap, so that passing the cap shows.
 const OUT_SLACK: u64 = 64 << 10;
 
-/// The runsc backend.
-pub(crate) struct Runsc {
-    runsc: PathBuf,
+/// What isolates a run.
+pub(crate) enum Isolation {
+    /// gVisor's `runsc`.
+    Gvisor { runsc: PathBuf },
+    /// `bwrap`, with the seccomp program it installs (BPF bytes).
+    Bubblewrap { bwrap: PathBuf, seccomp: Vec<u8> },
+}
+
+/// A backend on this host.
+pub(crate) struct HostSandbox {
+    isolation: Isolation,
     runs: PathBuf,
     state: PathBuf,
     rootfs: RootFs,
@@ -53,7 +66,7 @@ pub(crate) struct Swept {
     pub(crate) bundles: usize,
 }
 
-impl Runsc {
+impl HostSandbox {
     /// Checks the host, builds the root filesystem and removes what an earlier worker left.
     /// Blocking (the root filesystem build copies the stdlib): call it off the async threads.
     pub(crate) fn open(config: &SandboxConfig, egress: Option<EgressPolicy>) -> io::Result<(Self, Swept)> {
@@ -61,20 +74,21 @@ impl Runsc {
         if unsafe { libc::geteuid() } != 0 {
             return Err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
-                "the runsc backend needs root: it makes cgroups (memory, pids, cpu limits), mounts each run's /out and runs runsc without --rootless",
+                format!("the {} backend needs root: it makes cgroups (memory, pids, cpu limits), mounts each run's /out and (runsc) runs runsc without --rootless", config.backend),
             ));
         }
-        let version = std::process::Command::new(&config.runsc).arg("--version").env_clear().output().map_err(|e| {
-            io::Error::new(e.kind(), format!("runsc at {}: {e} (install the runsc package)", config.runsc.display()))
-        })?;
-        if !version.status.success() {
-            return Err(io::Error::other(format!("{} --version failed", config.runsc.display())));
-        }
+        let isolation = match config.backend.as_str() {
+            "bubblewrap" => {
+                let seccomp = crate::sandbox::seccomp::program().map_err(io::Error::other)?;
+                Isolation::Bubblewrap { bwrap: installed(&config.bwrap, "bubblewrap")?, seccomp }
+            }
+            _ => Isolation::Gvisor { runsc: installed(&config.runsc, "runsc")? },
+        };
         std::fs::create_dir_all(&config.state_dir)?;
         let rootfs = rootfs::build(&config.state_dir, &config.python, &config.packages)?;
         let cgroups = Hierarchies::open(Path::new("/sys/fs/cgroup"), &config.cgroup_parent)?;
         let backend = Self {
-            runsc: config.runsc.clone(),
+            isolation,
             runs: config.state_dir.join("runs"),
             state: config.state_dir.join("runsc"),
             rootfs,
@@ -91,8 +105,8 @@ impl Runsc {
     /// worker that owned them is gone).
     fn sweep(&self) -> io::Result<Swept> {
         let mut swept = Swept::default();
-        if self.state.is_dir() {
-            let listed = std::process::Command::new(&self.runsc)
+        if let (Isolation::Gvisor { runsc }, true) = (&self.isolation, self.state.is_dir()) {
+            let listed = std::process::Command::new(runsc)
                 .args([Path::new("--root"), &self.state, Path::new("list"), Path::new("-quiet")])
                 .env_clear()
                 .output()?;
@@ -118,7 +132,8 @@ impl Runsc {
     }
 
     fn delete_container(&self, id: &str) {
-        let deleted = std::process::Command::new(&self.runsc)
+        let Isolation::Gvisor { runsc } = &self.isolation else { return };
+        let deleted = std::process::Command::new(runsc)
             .args([Path::new("--root"), &self.state, Path::new("delete"), Path::new("--force"), Path::new(id)])
             .env_clear()
             .stdout(Stdio::null())
@@ -147,8 +162,13 @@ impl Runsc {
             std::fs::create_dir(&egress)?;
         }
         let egress = self.egress.is_some().then_some(egress.as_path());
-        let config = oci::spec(&self.rootfs.dir, &self.rootfs.python, &job, &out, egress, &spec.limits);
-        std::fs::write(bundle.join("config.json"), serde_json::to_vec(&config).map_err(io::Error::other)?)?;
+        match &self.isolation {
+            Isolation::Gvisor { .. } => {
+                let config = oci::spec(&self.rootfs.dir, &self.rootfs.python, &job, &out, egress, &spec.limits);
+                std::fs::write(bundle.join("config.json"), serde_json::to_vec(&config).map_err(io::Error::other)?)?;
+            }
+            Isolation::Bubblewrap { seccomp, .. } => std::fs::write(bundle.join("seccomp.bpf"), seccomp)?,
+        }
         self.cgroups.create(&spec.id, &spec.limits)
     }
 
@@ -197,30 +217,31 @@ impl Runsc {
             }
             None => None,
         };
-        let mut command = Command::new(&self.runsc);
-        command.arg("--root").arg(&self.state).args(["--network=none", "--ignore-cgroups"]);
-        if proxy.is_some() {
-            // Connecting to the one socket bind-mounted into this run; nothing else of the
-            // host's is visible to connect to.
-            command.arg("--host-uds=open");
-        }
+        let (mut command, seccomp) = self.command(spec, bundle, proxy.is_some()).map_err(SandboxError::Setup)?;
         command
-            .args(["run", "--bundle"])
-            .arg(bundle)
-            .arg(&spec.id)
-            // Nothing of the worker's environment reaches runsc (or, through it, the sandbox).
+            // Nothing of the worker's environment reaches the launcher (or, through it, the
+            // sandbox).
             .env_clear()
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        // SAFETY: the closure only makes system calls (open/write/close, prctl), which is what
-        // may run between fork and exec.
+        let launch = Launch {
+            procs,
+            seccomp_fd: seccomp.as_ref().map(std::os::fd::AsRawFd::as_raw_fd),
+            unprivileged: matches!(self.isolation, Isolation::Bubblewrap { .. }),
+            open_files: limits.open_files,
+            file_size: limits.file_size_bytes,
+        };
+        // SAFETY: the closure only makes system calls (open/write/close, prctl, setrlimit, dup2,
+        // setgroups/setgid/setuid), which is what may run between fork and exec.
         unsafe {
-            command.pre_exec(move || join_and_tie(&procs));
+            command.pre_exec(move || launch.in_child());
         }
         let started = Instant::now();
         let mut child = command.spawn().map_err(SandboxError::Start)?;
+        // The child has its copy of the seccomp program's descriptor.
+        drop(seccomp);
         let overflow = Arc::new(Notify::new());
         let stdout = child.stdout.take().map(|s| tokio::spawn(capture(s, limits.output_bytes, overflow.clone())));
         let stderr = child.stderr.take().map(|s| tokio::spawn(capture(s, limits.output_bytes, overflow.clone())));
@@ -295,7 +316,118 @@ impl Runsc {
     }
 }
 
-impl Backend for Arc<Runsc> {
+impl HostSandbox {
+    /// The launcher's command line for the run, and (bubblewrap) the open seccomp program the
+    /// child hands it as descriptor 3.
+    fn command(&self, spec: &RunSpec, bundle: &Path, egress: bool) -> io::Result<(Command, Option<std::fs::File>)> {
+        match &self.isolation {
+            Isolation::Gvisor { runsc } => {
+                let mut command = Command::new(runsc);
+                command.arg("--root").arg(&self.state).args(["--network=none", "--ignore-cgroups"]);
+                if egress {
+                    // Connecting to the one socket bind-mounted into this run; nothing else of
+                    // the host's is visible to connect to.
+                    command.arg("--host-uds=open");
+                }
+                command.args(["run", "--bundle"]).arg(bundle).arg(&spec.id);
+                Ok((command, None))
+            }
+            Isolation::Bubblewrap { bwrap, .. } => {
+                let seccomp = std::fs::File::open(bundle.join("seccomp.bpf"))?;
+                let nobody = oci::NOBODY.to_string();
+                let (entry, env) = oci::entry_and_env(egress);
+                let mut command = Command::new(bwrap);
+                command
+                    .args([
+                        "--unshare-all",
+                        "--unshare-user",
+                        "--disable-userns",
+                        "--die-with-parent",
+                        "--new-session",
+                        "--cap-drop",
+                        "ALL",
+                    ])
+                    .args(["--uid", &nobody, "--gid", &nobody, "--hostname", "sandbox"])
+                    .arg("--ro-bind")
+                    .arg(&self.rootfs.dir)
+                    .arg("/")
+                    // /dev is bubblewrap's own tmpfs, unsized: read-only, so /tmp stays the one place to write.
+                    .args(["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev"])
+                    .args(["--size", &spec.limits.tmp_bytes.to_string(), "--tmpfs", "/tmp"])
+                    .arg("--ro-bind")
+                    .arg(bundle.join("job"))
+                    .arg("/job")
+                    .arg("--bind")
+                    .arg(bundle.join("out"))
+                    .arg("/out");
+                if egress {
+                    command.arg("--ro-bind").arg(bundle.join("egress")).arg("/run/qiria");
+                }
+                command.arg("--clearenv");
+                for variable in &env {
+                    if let Some((name, value)) = variable.split_once('=') {
+                        command.args(["--setenv", name, value]);
+                    }
+                }
+                command
+                    .args(["--chdir", "/tmp", "--seccomp", "3", "--"])
+                    .arg(&self.rootfs.python)
+                    .args(["-I", "-B", entry]);
+                Ok((command, Some(seccomp)))
+            }
+        }
+    }
+}
+
+/// What the launcher's child does between fork and exec.
+struct Launch {
+    procs: Vec<CString>,
+    seccomp_fd: Option<std::os::fd::RawFd>,
+    unprivileged: bool,
+    open_files: u64,
+    file_size: u64,
+}
+
+impl Launch {
+    /// Joins the run's cgroup and dies with the worker; for bubblewrap also sets the limits
+    /// the sandbox's kernel (the host's) enforces, hands over the seccomp program as
+    /// descriptor 3, and drops to uid/gid 65534 (bubblewrap then maps that id in a user
+    /// namespace of its own: the script is never the host's root).
+    fn in_child(&self) -> io::Result<()> {
+        join_and_tie(&self.procs)?;
+        if !self.unprivileged {
+            return Ok(());
+        }
+        let limit = |resource, value: u64| {
+            let limit = libc::rlimit { rlim_cur: value, rlim_max: value };
+            // SAFETY: setrlimit with a valid pointer to a local.
+            if unsafe { libc::setrlimit(resource, &limit) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        };
+        limit(libc::RLIMIT_NOFILE, self.open_files)?;
+        limit(libc::RLIMIT_FSIZE, self.file_size)?;
+        limit(libc::RLIMIT_CORE, 0)?;
+        // SAFETY: plain system calls on descriptors and ids; each result is checked.
+        unsafe {
+            if let Some(fd) = self.seccomp_fd {
+                if libc::dup2(fd, 3) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(oci::NOBODY) != 0
+                || libc::setuid(oci::NOBODY) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Backend for Arc<HostSandbox> {
     async fn run(&self, spec: RunSpec, cancel: oneshot::Receiver<()>) -> Result<RunReport, SandboxError> {
         let started = Instant::now();
         let bundle = self.runs.join(&spec.id);
@@ -441,4 +573,15 @@ fn collect(out: &Path, cap: u64, max_files: usize) -> io::Result<Option<Vec<Arti
     }
     found.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(Some(found))
+}
+
+/// `binary`, when it runs (`--version`).
+fn installed(binary: &Path, package: &str) -> io::Result<PathBuf> {
+    let version = std::process::Command::new(binary).arg("--version").env_clear().output().map_err(|e| {
+        io::Error::new(e.kind(), format!("{} at {}: {e} (install the {package} package)", package, binary.display()))
+    })?;
+    if !version.status.success() {
+        return Err(io::Error::other(format!("{} --version failed", binary.display())));
+    }
+    Ok(binary.to_path_buf())
 }
