@@ -7,6 +7,7 @@ pub mod call;
 pub mod envoy;
 pub mod gateway;
 pub mod issuer;
+pub mod jobs;
 pub mod kestra;
 pub mod postgres;
 pub mod process;

@@ -262,14 +262,19 @@ impl JobStore {
     /// Up to `limit` live flow jobs, least recently updated first: the driver's work list.
     /// The store is the queue, so a restarted gateway resumes exactly where it stopped.
     pub async fn live_flows(&self, limit: u32) -> Result<Vec<FlowWork>, sqlx::Error> {
-        let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM jobs WHERE kind = 'FLOW' AND state IN ('QUEUED', 'RUNNING') \
-             ORDER BY updated_at, id LIMIT $1"
+        self.live("FLOW", limit).await?.iter().map(flow_work).collect()
+    }
+
+    /// Up to `limit` unfinished jobs of `kind`, least recently updated first.
+    async fn live(&self, kind: &str, limit: u32) -> Result<Vec<AnyRow>, sqlx::Error> {
+        sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM jobs WHERE kind = $1 AND state IN ('QUEUED', 'RUNNING') \
+             ORDER BY updated_at, id LIMIT $2"
         ))
+        .bind(kind)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(flow_work).collect()
+        .await
     }
 
     /// Takes the next create attempt of flow job `id`, recorded before the create is sent:
@@ -353,14 +358,7 @@ pub struct ScriptWork {
 impl JobStore {
     /// Up to `limit` live script jobs, least recently updated first: the script driver's work.
     pub async fn live_scripts(&self, limit: u32) -> Result<Vec<ScriptWork>, sqlx::Error> {
-        let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM jobs WHERE kind = 'SCRIPT' AND state IN ('QUEUED', 'RUNNING') \
-             ORDER BY updated_at, id LIMIT $1"
-        ))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(script_work).collect()
+        self.live("SCRIPT", limit).await?.iter().map(script_work).collect()
     }
 
     /// Takes queued script `id` for a run (`QUEUED` → `RUNNING`, the attempt counted): `None`

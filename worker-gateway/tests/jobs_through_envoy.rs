@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use qiria_test_support::authz::Stack;
+use qiria_test_support::jobs::with_token;
 use tonic::{Code, Request};
 use worker_gateway::pb::job_service_client::JobServiceClient;
 use worker_gateway::pb::{
@@ -18,13 +19,6 @@ fn authz() -> String {
 
 async fn client(url: String) -> JobServiceClient<tonic::transport::Channel> {
     JobServiceClient::connect(url).await.expect("connect")
-}
-
-/// `message` with a bearer token, as a client sends it.
-fn with_token<T>(message: T, token: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("header"));
-    request
 }
 
 /// The ids of the jobs `token`'s holder may list.

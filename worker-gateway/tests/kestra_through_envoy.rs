@@ -8,23 +8,16 @@ use std::time::Duration;
 
 use qiria_test_support::authz::{copy_dir, Stack};
 use qiria_test_support::gateway::Gateway;
+use qiria_test_support::jobs::{watch_to_end, with_token, Api};
 use qiria_test_support::kestra::{ForeignPki, KestraDouble, KestraOptions};
 use qiria_test_support::{wait_until, workspace_root};
 use serde_json::{json, Value};
-use tonic::{Code, Request};
+use tonic::Code;
 use worker_gateway::pb::job_service_client::JobServiceClient;
-use worker_gateway::pb::{CancelJobRequest, GetJobRequest, Job, JobState, TriggerFlowRequest, WatchJobRequest};
-
-type Api = JobServiceClient<tonic::transport::Channel>;
+use worker_gateway::pb::{CancelJobRequest, GetJobRequest, Job, JobState, TriggerFlowRequest};
 
 fn authz() -> String {
     qiria_test_support::binary("authz").display().to_string()
-}
-
-fn with_token<T>(message: T, token: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("header"));
-    request
 }
 
 fn trigger(namespace: &str, flow: &str, inputs: &[(&str, &str)], key: &str) -> TriggerFlowRequest {
@@ -95,26 +88,6 @@ async fn world_with(extra: &str) -> World {
 /// `TriggerFlow` as `token`'s holder.
 async fn submit(api: &Api, token: &str, request: TriggerFlowRequest) -> Result<Job, tonic::Status> {
     api.clone().trigger_flow(with_token(request, token)).await.map(|r| r.into_inner())
-}
-
-/// The states `id` goes through (as `WatchJob` streams them) until it ends, and the job then.
-async fn watch_to_end(api: &Api, token: &str, id: &str) -> (Vec<JobState>, Job) {
-    let request = with_token(WatchJobRequest { id: id.into() }, token);
-    let mut stream = api.clone().watch_job(request).await.expect("watch").into_inner();
-    let (mut states, mut last) = (Vec::new(), None);
-    let watched = tokio::time::timeout(Duration::from_secs(45), async {
-        while let Some(event) = stream.message().await.expect("stream") {
-            let job = event.job.expect("job");
-            if states.last() != Some(&job.state()) {
-                states.push(job.state());
-            }
-            last = Some(job);
-        }
-    })
-    .await;
-    let last = last.expect("at least the job as it is");
-    assert!(watched.is_ok(), "job never ended; last seen {last:?}");
-    (states, last)
 }
 
 /// The double's executions carrying `job`'s label (the ground truth, search index or not).

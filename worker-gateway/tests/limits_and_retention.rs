@@ -5,14 +5,13 @@
 use std::time::Duration;
 
 use qiria_test_support::authz::Stack;
+use qiria_test_support::jobs::{with_token, Api};
 use qiria_test_support::{wait_until, workspace_root};
-use tonic::{Code, Request};
+use tonic::Code;
 use worker_gateway::pb::job_service_client::JobServiceClient;
 use worker_gateway::pb::{
     CancelJobRequest, EraseUserJobsRequest, GetJobRequest, Job, ListJobsRequest, SubmitScriptRequest,
 };
-
-type Api = JobServiceClient<tonic::transport::Channel>;
 
 fn authz() -> String {
     qiria_test_support::binary("authz").display().to_string()
@@ -22,12 +21,6 @@ async fn stack(gateway_toml: &str) -> (Stack, Api) {
     let stack = Stack::with_gateway_config(&authz(), &workspace_root().join("policies/rego"), gateway_toml).await;
     let api = JobServiceClient::connect(stack.envoy.url("")).await.expect("connect through Envoy");
     (stack, api)
-}
-
-fn with_token<T>(message: T, token: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("header"));
-    request
 }
 
 async fn script(api: &Api, token: &str) -> Result<Job, tonic::Status> {

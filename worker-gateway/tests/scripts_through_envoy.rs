@@ -8,20 +8,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use qiria_test_support::authz::Stack;
+use qiria_test_support::jobs::{watch_to_end, with_token, Api};
 use qiria_test_support::tls::{pki, TestPki};
 use qiria_test_support::worker::{Leftovers, OuterCgroup, ScriptingWorker, GATEWAY_ID};
 use qiria_test_support::{wait_until, workspace_root};
-use tonic::Request;
 use worker_gateway::pb::job_service_client::JobServiceClient;
-use worker_gateway::pb::{CancelJobRequest, GetJobRequest, Job, JobState, SubmitScriptRequest, WatchJobRequest};
-
-type Api = JobServiceClient<tonic::transport::Channel>;
-
-fn with_token<T>(message: T, token: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("header"));
-    request
-}
+use worker_gateway::pb::{CancelJobRequest, GetJobRequest, JobState, SubmitScriptRequest};
 
 fn script(body: &str) -> SubmitScriptRequest {
     SubmitScriptRequest { language: "python".into(), body: body.into(), idempotency_key: String::new() }
@@ -64,26 +56,6 @@ async fn world() -> World {
     .await;
     let api = JobServiceClient::connect(stack.envoy.url("")).await.expect("connect through Envoy");
     World { stack, worker, outer, api, _dir: dir }
-}
-
-/// The job once it has ended, watched through Envoy.
-async fn watch_to_end(api: &Api, token: &str, id: &str) -> (Vec<JobState>, Job) {
-    let mut stream =
-        api.clone().watch_job(with_token(WatchJobRequest { id: id.into() }, token)).await.expect("watch").into_inner();
-    let (mut states, mut last) = (Vec::new(), None);
-    let watched = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(event) = stream.message().await.expect("stream") {
-            let job = event.job.expect("job");
-            if states.last() != Some(&job.state()) {
-                states.push(job.state());
-            }
-            last = Some(job);
-        }
-    })
-    .await;
-    let last = last.expect("at least the job as it is");
-    assert!(watched.is_ok(), "job never ended; last seen {last:?}");
-    (states, last)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
