@@ -35,7 +35,7 @@ fn main() -> ExitCode {
 
 fn serve(args: cli::ServeArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(args.config.as_deref(), args.overrides())?;
-    qiria_runtime::logging::init(&config.log);
+    qiria_runtime::logging::init(&config.log, "authz")?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async { authz::server::run(config, Shutdown::on(os_signal())).await })?;
     Ok(ExitCode::SUCCESS)

@@ -96,11 +96,26 @@ pub struct LogConfig {
     pub level: String,
     /// Log every decision (id, outcome, status, revision, method, path, subject; never tokens).
     pub decisions: bool,
+    /// The tamper-evident audit trail (JSONL, hash-chained, signed checkpoints): every audit
+    /// event is appended there too. Unset: audit events go to the log only.
+    pub audit_trail: Option<std::path::PathBuf>,
+    /// The service's own audit key (`audit.key`, made by `qiria-audit keygen`; used for nothing
+    /// else, never a token-signing key).
+    pub audit_key_dir: std::path::PathBuf,
+    /// A signed checkpoint after this many records.
+    pub audit_checkpoint_every: u64,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { format: LogFormat::Json, level: "info".into(), decisions: true }
+        Self {
+            format: LogFormat::Json,
+            level: "info".into(),
+            decisions: true,
+            audit_trail: None,
+            audit_key_dir: "/var/run/secrets/qiria/audit-key".into(),
+            audit_checkpoint_every: 100,
+        }
     }
 }
 

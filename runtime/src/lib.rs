@@ -1,6 +1,7 @@
 //! What every Qiria service needs and none of them owns: strict layered configuration
 //! (`config`), logging setup (`logging`), the admin server with `/metrics` and `/health`
-//! (`admin`, `health`), typed audit events and their sink (`audit`), graceful shutdown
+//! (`admin`, `health`), typed audit events and their sink (`audit`), the tamper-evident trail they are
+//! chained into (`audit_trail`), graceful shutdown
 //! (`shutdown`), one clock (`clock`), mounted-secret directories (`secret_dir`) and keeping
 //! their consumers fresh (`watch`), accepted connections without Nagle (`net`), bounded per-key rate limits
 //! (`rate`), and per-thread slots for striped data (`thread_slot`).
@@ -9,6 +10,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod audit_trail;
 pub mod clock;
 pub mod config;
 pub mod health;

@@ -1,18 +1,36 @@
 //! Logging setup: one line per event on standard error, JSON by default (for collectors),
-//! text for humans; the level is a `tracing` filter from configuration.
+//! text for humans; the level is a `tracing` filter from configuration. With an audit trail
+//! configured, every audit event is also appended to it (`audit_trail`), whatever the level.
 
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::Layer as _;
+
+use crate::audit_trail::TrailLayer;
 use crate::config::{LogConfig, LogFormat};
 
 /// Installs the global subscriber; a bad filter falls back to `info` rather than to silence.
 /// Panics (the request paths catch them) are logged as events too, so that they reach the
-/// collector as JSON instead of as free text on standard error.
-pub fn init(config: &LogConfig) {
+/// collector as JSON instead of as free text on standard error. A configured audit trail that
+/// cannot be opened (no key, an unreadable file) is an error: the service does not start
+/// without the trail it was told to keep.
+pub fn init(config: &LogConfig, service: &str) -> std::io::Result<()> {
     std::panic::set_hook(Box::new(|info| tracing::error!(target: "qiria::panic", panic = %info, "panic")));
     let filter = tracing_subscriber::EnvFilter::try_new(&config.level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match config.format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
-    }
+    let trail = match &config.audit_trail {
+        Some(path) => Some(
+            TrailLayer::start(path.clone(), service, &config.audit_key_dir, config.audit_checkpoint_every)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("audit trail {}: {e}", path.display())))?
+                .with_filter(tracing_subscriber::filter::filter_fn(|m| m.target() == "qiria::audit")),
+        ),
+        None => None,
+    };
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match config.format {
+        LogFormat::Json => fmt.json().flatten_event(true).with_filter(filter).boxed(),
+        LogFormat::Text => fmt.with_filter(filter).boxed(),
+    };
+    tracing_subscriber::registry().with(fmt).with(trail).init();
+    Ok(())
 }

@@ -39,7 +39,7 @@ fn main() -> ExitCode {
         .set("server.admin_addr", args.admin_addr.clone());
     let overrides = args.log.apply(overrides).into_figment();
     let result = Config::load(args.config.as_deref(), overrides).map_err(anyhow::Error::from).and_then(|config| {
-        qiria_runtime::logging::init(&config.log);
+        qiria_runtime::logging::init(&config.log, "scripting-worker")?;
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
         runtime.block_on(async { scripting_worker::server::run(config, Shutdown::on(os_signal())).await })
     });

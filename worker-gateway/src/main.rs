@@ -53,7 +53,7 @@ fn main() -> ExitCode {
         .set("store.database_url", args.database_url.clone());
     let overrides = args.log.apply(args.verifier.apply(overrides)).into_figment();
     let result = Config::load(args.config.as_deref(), overrides).map_err(anyhow::Error::from).and_then(|config| {
-        qiria_runtime::logging::init(&config.log);
+        qiria_runtime::logging::init(&config.log, "worker-gateway")?;
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
         runtime.block_on(async { worker_gateway::server::run(config, Shutdown::on(os_signal())).await })
     });
