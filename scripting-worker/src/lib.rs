@@ -3,8 +3,9 @@
 //! service and no secret a script could reach.
 //!
 //! A call flows one way: `peer` (who is calling, by certificate) → `service` (validation, a
-//! `pool` slot) → a `sandbox` backend (`runsc`: `rootfs` read-only, an `oci` spec, a `cgroup`
-//! of its own) → the result. `errors` maps every failure to a gRPC status in one place.
+//! `pool` slot) → a `sandbox` backend (on this host: gVisor or bubblewrap over a read-only
+//! `rootfs`, a `cgroup` of its own per run, `egress` only through its proxy) → the result.
+//! `errors` maps every failure to a gRPC status in one place.
 
 pub mod config;
 pub mod egress;

@@ -1,8 +1,8 @@
 //! What a sandbox backend is: it takes one script and its limits, runs it somewhere nothing of
 //! the host is reachable, and gives back what happened — then nothing of the run is left.
-//! The backends: `runsc` (gVisor on this host; [`runsc`]) and `kubernetes` (a gVisor Job per
-//! run in a sandbox namespace; [`kubernetes`], its requests made but not yet sent). The
-//! bubblewrap backend of the design implements the same trait.
+//! The backends: `runsc` (gVisor on this host) and `bubblewrap` (namespaces and seccomp on the
+//! host's kernel, weaker), both in [`host`]; `kubernetes` (a gVisor Job per run in a sandbox
+//! namespace; [`kubernetes`], its requests made but not yet sent).
 
 pub(crate) mod host;
 pub(crate) mod kubernetes;
@@ -90,8 +90,8 @@ pub(crate) enum SandboxError {
     /// Making the bundle, mounts or cgroup failed.
     #[error("sandbox setup: {0}")]
     Setup(std::io::Error),
-    /// runsc could not be started.
-    #[error("starting runsc: {0}")]
+    /// The launcher (runsc, bwrap) could not be started.
+    #[error("starting the sandbox: {0}")]
     Start(std::io::Error),
     /// Watching the run failed (its cgroup could not be read or killed).
     #[error("supervising the run: {0}")]
