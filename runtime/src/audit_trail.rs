@@ -321,14 +321,16 @@ pub fn verify(
     }
     if let Some(held) = held {
         match hashes.get(&held.seq) {
-            None => return Err(Broken {
-                line: lines,
-                seq: head.seq,
-                why: format!(
+            None => {
+                return Err(Broken {
+                    line: lines,
+                    seq: head.seq,
+                    why: format!(
                     "the file ends at seq {} but the checkpoint held outside is seq {}: records were cut from the end",
                     head.seq, held.seq
                 ),
-            }),
+                })
+            }
             Some(hash) if *hash != held.hash => {
                 return Err(Broken { line: 0, seq: held.seq, why: "differs from the checkpoint held outside".into() })
             }
