@@ -198,6 +198,15 @@ impl Config {
         }
         crate::egress::EgressPolicy::from_config(&self.egress)
             .map_err(|e| ConfigError::invalid("egress.allowed_hosts", e))?;
+        // The proxy's socket is `state_dir/runs/run-<32 hex>/egress/proxy.sock`, and a Unix
+        // socket's path has at most 107 bytes.
+        let socket_path = self.sandbox.state_dir.as_os_str().len() + "/runs/run-/egress/proxy.sock".len() + 32;
+        if !self.egress.allowed_hosts.is_empty() && socket_path > 107 {
+            return Err(ConfigError::invalid(
+                "sandbox.state_dir",
+                "is too long for the egress proxy's socket path (107 bytes)",
+            ));
+        }
         if !(1..=1024).contains(&self.egress.max_connections) {
             return Err(ConfigError::invalid("egress.max_connections", "must be between 1 and 1024"));
         }
