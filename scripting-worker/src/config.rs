@@ -9,6 +9,8 @@ use figment::Figment;
 use qiria_runtime::config::{ConfigError, LogConfig};
 use serde::{Deserialize, Serialize};
 
+pub use crate::sandbox::kubernetes::KubernetesConfig;
+
 /// Everything `scripting-worker serve` needs.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -25,6 +27,8 @@ pub struct Config {
     pub limits: RunLimits,
     /// Where sandboxes may connect (nowhere by default).
     pub egress: crate::egress::EgressConfig,
+    /// The Kubernetes backend's settings (for `scripting-worker manifests`).
+    pub kubernetes: KubernetesConfig,
     /// Log format and level.
     pub log: LogConfig,
 }
@@ -187,6 +191,13 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let l = &self.limits;
+        if self.sandbox.backend == "kubernetes" {
+            return Err(ConfigError::invalid(
+                "sandbox.backend",
+                "\"kubernetes\" is not served yet: the worker generates its cluster objects (`scripting-worker manifests`) \
+                 and builds its requests, but has no Kubernetes client; use \"runsc\" or \"bubblewrap\"",
+            ));
+        }
         if !matches!(self.sandbox.backend.as_str(), "runsc" | "bubblewrap") {
             return Err(ConfigError::invalid("sandbox.backend", "must be \"runsc\" or \"bubblewrap\""));
         }

@@ -14,6 +14,17 @@ use scripting_worker::config::Config;
 enum Cli {
     /// Serve the sandbox API (config: defaults < --config TOML < QIRIA_WORKER_* env < flags).
     Serve(ServeArgs),
+    /// Write the Kubernetes objects the sandbox namespace needs (its `[kubernetes]` section):
+    /// namespace, deny-all NetworkPolicy, LimitRange, the worker's ServiceAccount, Role and
+    /// RoleBinding, the gVisor RuntimeClass and the admission policy, one JSON file each.
+    Manifests {
+        /// TOML configuration file.
+        #[arg(long, short = 'c', env = "QIRIA_WORKER_CONFIG")]
+        config: Option<PathBuf>,
+        /// Where to write them.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -33,7 +44,10 @@ struct ServeArgs {
 }
 
 fn main() -> ExitCode {
-    let Cli::Serve(args) = Cli::parse();
+    let args = match Cli::parse() {
+        Cli::Serve(args) => args,
+        Cli::Manifests { config, out } => return manifests(config.as_deref(), &out),
+    };
     let overrides = Overrides::default()
         .set("server.grpc_addr", args.grpc_addr.clone())
         .set("server.admin_addr", args.admin_addr.clone());
@@ -47,6 +61,28 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("scripting-worker: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn manifests(config: Option<&std::path::Path>, out: &std::path::Path) -> ExitCode {
+    let written = Config::load(config, figment::Figment::new()).map_err(anyhow::Error::from).and_then(|config| {
+        config.kubernetes.validate()?;
+        std::fs::create_dir_all(out)?;
+        for (n, manifest) in scripting_worker::kubernetes_manifests(&config).iter().enumerate() {
+            let kind = manifest["kind"].as_str().unwrap_or("object").to_lowercase();
+            let name = manifest["metadata"]["name"].as_str().unwrap_or("unnamed");
+            let path = out.join(format!("{n:02}-{kind}-{name}.json"));
+            std::fs::write(&path, serde_json::to_vec_pretty(manifest)?)?;
+            println!("{}", path.display());
+        }
+        Ok(())
+    });
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("scripting-worker manifests: {e:#}");
             ExitCode::from(2)
         }
     }

@@ -133,3 +133,47 @@ fn the_sandbox_pod_is_held_to_the_design() {
     assert_eq!(policy["metadata"]["namespace"], "qiria-sandbox");
     assert!(policy["spec"].get("egress").is_none() && policy["spec"].get("ingress").is_none(), "no rule");
 }
+
+#[test]
+fn scripting_worker_manifests_writes_them_from_the_config_and_refuses_an_unpinned_image() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let worker = qiria_test_support::binary("scripting-worker");
+    let config = dir.path().join("worker.toml");
+    let image = format!("registry.example.org/python@sha256:{}", "ab".repeat(32));
+    std::fs::write(&config, format!("[kubernetes]\nnamespace = \"team-sandbox\"\nimage = \"{image}\"\n"))
+        .expect("config");
+    let out = dir.path().join("manifests");
+    let run = Command::new(&worker)
+        .args(["manifests", "--config"])
+        .arg(&config)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("runs");
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let files: Vec<PathBuf> = std::fs::read_dir(&out).expect("written").flatten().map(|e| e.path()).collect();
+    assert!(files.len() >= 8, "{files:?}");
+    let verdict = validate(&files);
+    assert!(verdict.success, "{}", verdict.output);
+    let namespace: Value = serde_json::from_slice(
+        &std::fs::read(files.iter().find(|f| f.to_string_lossy().contains("-namespace-")).expect("a namespace"))
+            .expect("read"),
+    )
+    .expect("json");
+    assert_eq!(namespace["metadata"]["name"], "team-sandbox", "the config's namespace, not the default");
+
+    std::fs::write(&config, "[kubernetes]\nimage = \"python:3\"\n").expect("config");
+    let run = Command::new(&worker)
+        .args(["manifests", "--config"])
+        .arg(&config)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("runs");
+    assert_eq!(run.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&run.stderr).contains("kubernetes.image"),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+}

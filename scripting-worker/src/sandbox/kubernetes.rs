@@ -61,27 +61,27 @@ const RUN_LABEL: &str = "app.kubernetes.io/instance";
 /// The label the Job controller puts on a Job's pods (Kubernetes 1.27 and later).
 const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
 
-/// The Kubernetes backend's settings: the `[kubernetes]` section [`Config`] gains once the
-/// server can select this backend (until then, [`manifests`] uses the defaults).
+/// `[kubernetes]`: the Kubernetes backend's settings, from which `scripting-worker manifests`
+/// generates the cluster's objects (the backend itself is not served yet: it has no client).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub(crate) struct KubernetesConfig {
+pub struct KubernetesConfig {
     /// The API server, as the worker's pod reaches it.
-    pub(crate) api_server: String,
+    pub api_server: String,
     /// The CA the API server's certificate chains to.
-    pub(crate) ca_path: PathBuf,
+    pub ca_path: PathBuf,
     /// The worker's service account token (read for every run: the kubelet rotates it).
-    pub(crate) token_path: PathBuf,
+    pub token_path: PathBuf,
     /// Where runs are made; nothing else lives there.
-    pub(crate) namespace: String,
+    pub namespace: String,
     /// Where the worker itself runs.
-    pub(crate) worker_namespace: String,
+    pub worker_namespace: String,
     /// The worker's service account (in `worker_namespace`).
-    pub(crate) service_account: String,
+    pub service_account: String,
     /// The Python image runs use, pinned by digest (`…@sha256:<64 hex>`).
-    pub(crate) image: String,
+    pub image: String,
     /// How long a finished Job is kept when the worker did not delete it (it died).
-    pub(crate) ttl_seconds_after_finished: u32,
+    pub ttl_seconds_after_finished: u32,
 }
 
 impl Default for KubernetesConfig {
@@ -101,7 +101,7 @@ impl Default for KubernetesConfig {
 
 impl KubernetesConfig {
     /// Checks the values (the field names are those of a future `[kubernetes]` section).
-    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if !self.api_server.starts_with("https://") {
             return Err(ConfigError::invalid("kubernetes.api_server", "must be an https:// URL"));
         }
@@ -342,18 +342,17 @@ impl Backend for Arc<KubernetesBackend> {
     }
 }
 
-/// The manifests a cluster needs before any run, for `config` (the Kubernetes settings are
-/// their defaults until `Config` has a section of them).
+/// The manifests a cluster needs before any run, for `config`.
 pub(crate) fn manifests(config: &Config) -> Vec<Value> {
-    static_manifests(&KubernetesConfig::default(), &config.limits)
+    static_manifests(&config.kubernetes, &config.limits)
 }
 
 /// The Job and ConfigMap of a run `id` of `script`, as the backend sends them (the ConfigMap
 /// owned by the Job of uid `job_uid`).
 pub(crate) fn run_manifests(config: &Config, id: &str, job_uid: &str, script: &str) -> Vec<Value> {
-    let k = KubernetesConfig::default();
+    let k = &config.kubernetes;
     let spec = RunSpec { id: id.to_owned(), script: script.to_owned(), limits: config.limits.clone() };
-    vec![job(&k, &spec), config_map(&k, &spec, job_uid)]
+    vec![job(k, &spec), config_map(k, &spec, job_uid)]
 }
 
 fn labels(id: &str) -> Value {
