@@ -308,7 +308,12 @@ async fn only_the_gateway_identity_runs_scripts_and_a_full_pool_refuses() {
     assert_eq!(third.code(), tonic::Code::ResourceExhausted, "{third:?}");
     assert_eq!(first.await.expect("joined").expect("first ran").into_inner().exit_code, 0);
     assert_eq!(second.await.expect("joined").expect("second ran").into_inner().exit_code, 0);
-    assert!(!h.worker.output().contains("time.sleep"), "a script body reached the log");
+    // Audited: the refused identity, and each run by its script's hash (never its body).
+    let log = h.worker.output();
+    assert!(log.contains("\"event\":\"script_refused\"") && log.contains(OTHER_ID), "no script_refused event:\n{log}");
+    let ran = log.lines().filter(|l| l.contains("\"event\":\"script_ran\"")).count();
+    assert!(ran >= 2 && log.contains(GATEWAY_ID) && log.contains("script_sha256"), "runs not audited:\n{log}");
+    assert!(!log.contains("time.sleep"), "a script body reached the log");
     h.assert_nothing_left("the pool test").await;
 }
 

@@ -425,6 +425,12 @@ impl JobStore {
     }
 }
 
+/// The request a job was recorded with, read as `T`.
+fn payload<T: serde::de::DeserializeOwned>(row: &AnyRow) -> Result<T, sqlx::Error> {
+    let text: String = row.try_get("payload")?;
+    serde_json::from_str(&text).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+}
+
 fn script_work(row: &AnyRow) -> Result<ScriptWork, sqlx::Error> {
     #[derive(serde::Deserialize, Default)]
     #[serde(default)]
@@ -432,8 +438,7 @@ fn script_work(row: &AnyRow) -> Result<ScriptWork, sqlx::Error> {
         language: String,
         body: String,
     }
-    let payload: String = row.try_get("payload")?;
-    let payload: Payload = serde_json::from_str(&payload).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    let payload: Payload = payload(row)?;
     Ok(ScriptWork {
         job: job(row)?,
         language: payload.language,
@@ -508,8 +513,7 @@ fn flow_work(row: &AnyRow) -> Result<FlowWork, sqlx::Error> {
         inputs: BTreeMap<String, String>,
         labels: BTreeMap<String, String>,
     }
-    let payload: String = row.try_get("payload")?;
-    let payload: Payload = serde_json::from_str(&payload).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    let payload: Payload = payload(row)?;
     Ok(FlowWork {
         job: job(row)?,
         inputs: payload.inputs,
