@@ -27,7 +27,8 @@ pub struct Config {
     pub limits: RunLimits,
     /// Where sandboxes may connect (nowhere by default).
     pub egress: crate::egress::EgressConfig,
-    /// The Kubernetes backend's settings (for `scripting-worker manifests`).
+    /// The Kubernetes backend's settings (for `sandbox.backend = "kubernetes"` and
+    /// `scripting-worker manifests`).
     pub kubernetes: KubernetesConfig,
     /// Log format and level.
     pub log: LogConfig,
@@ -93,8 +94,9 @@ impl Default for PoolConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct SandboxConfig {
     /// `runsc` (gVisor, the default) or `bubblewrap` (namespaces and a seccomp filter on the
-    /// host's own kernel: weaker, for hosts without gVisor). Both need root for their cgroup
-    /// limits and the `/out` mount.
+    /// host's own kernel: weaker, for hosts without gVisor) — both need root for their cgroup
+    /// limits and the `/out` mount — or `kubernetes` (a gVisor Job per run, `[kubernetes]`;
+    /// the worker needs no privilege, only its Role in the sandbox namespace).
     pub backend: String,
     /// The runsc binary.
     pub runsc: PathBuf,
@@ -191,15 +193,18 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let l = &self.limits;
-        if self.sandbox.backend == "kubernetes" {
-            return Err(ConfigError::invalid(
-                "sandbox.backend",
-                "\"kubernetes\" is not served yet: the worker generates its cluster objects (`scripting-worker manifests`) \
-                 and builds its requests, but has no Kubernetes client; use \"runsc\" or \"bubblewrap\"",
-            ));
+        if !matches!(self.sandbox.backend.as_str(), "runsc" | "bubblewrap" | "kubernetes") {
+            return Err(ConfigError::invalid("sandbox.backend", "must be \"runsc\", \"bubblewrap\" or \"kubernetes\""));
         }
-        if !matches!(self.sandbox.backend.as_str(), "runsc" | "bubblewrap") {
-            return Err(ConfigError::invalid("sandbox.backend", "must be \"runsc\" or \"bubblewrap\""));
+        if self.sandbox.backend == "kubernetes" {
+            self.kubernetes.validate()?;
+            // Sandbox pods have no egress at all (the namespace's NetworkPolicy denies it).
+            if !self.egress.allowed_hosts.is_empty() {
+                return Err(ConfigError::invalid(
+                    "egress.allowed_hosts",
+                    "the kubernetes backend has no egress proxy: leave it empty",
+                ));
+            }
         }
         if self.pool.sandboxes == 0 || self.pool.sandboxes > 64 {
             return Err(ConfigError::invalid("pool.sandboxes", "must be 1..=64"));

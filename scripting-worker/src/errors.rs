@@ -6,6 +6,10 @@ use tonic::Status;
 use crate::pool::PoolFull;
 use crate::sandbox::SandboxError;
 
+/// Set on a status when nothing of the run was made and the call may be made again (a
+/// status of the transport, a connection cut mid-call, cannot say that).
+pub(crate) const NOT_STARTED: &str = "qiria-run-not-started";
+
 /// A call that did not run.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -36,6 +40,11 @@ impl From<WorkerError> for Status {
             WorkerError::CallerNotAllowed(_) => Status::permission_denied(message),
             WorkerError::Invalid { .. } => Status::invalid_argument(message),
             WorkerError::Busy(_) => Status::resource_exhausted(message),
+            WorkerError::Sandbox(SandboxError::NotStarted(_)) => {
+                let mut status = Status::unavailable(message);
+                status.metadata_mut().insert(NOT_STARTED, tonic::metadata::MetadataValue::from_static("true"));
+                status
+            }
             WorkerError::Sandbox(_) => Status::internal(message),
         }
     }

@@ -17,13 +17,16 @@ use crate::metrics::Metrics;
 use crate::pb::script_runner_server::ScriptRunnerServer;
 use crate::pool::Pool;
 use crate::sandbox::host::HostSandbox;
+use crate::sandbox::kubernetes::KubernetesBackend;
+use crate::sandbox::Backend;
 use crate::service::Runner;
 
 #[derive(Debug, Serialize)]
 struct Health {
     backend: &'static str,
-    /// What start-up removed that an earlier worker left.
-    swept: Swept,
+    /// What start-up removed that an earlier worker left (on this host's backends).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    swept: Option<Swept>,
 }
 
 #[derive(Debug, Serialize)]
@@ -51,7 +54,13 @@ impl qiria_runtime::admin::AdminState for Admin {
 
 /// Runs the worker until `shutdown`.
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
-    let tls = tls(&config.tls.dir)?;
+    if config.sandbox.backend == "kubernetes" {
+        // The cluster sweeps what a killed worker left: each Job has a TTL.
+        let backend = Arc::new(KubernetesBackend::open(config.kubernetes.clone())?);
+        info!(api_server = %config.kubernetes.api_server, namespace = %config.kubernetes.namespace, "sandbox runs are Kubernetes Jobs");
+        let health = serde_json::to_value(Health { backend: "kubernetes", swept: None })?;
+        return serve(config, backend, health, shutdown).await;
+    }
     let sandbox = config.sandbox.clone();
     let egress = crate::egress::EgressPolicy::from_config(&config.egress).map_err(anyhow::Error::msg)?;
     let (backend, swept) = tokio::task::spawn_blocking(move || HostSandbox::open(&sandbox, egress)).await??;
@@ -61,15 +70,26 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         bundles = swept.bundles,
         "sandbox ready; leftovers of an earlier worker removed"
     );
+    let health = serde_json::to_value(Health {
+        backend: if config.sandbox.backend == "bubblewrap" { "bubblewrap" } else { "runsc" },
+        swept: Some(Swept { containers: swept.containers, cgroups: swept.cgroups, bundles: swept.bundles }),
+    })?;
+    serve(config, Arc::new(backend), health, shutdown).await
+}
+
+/// Serves `ScriptRunner` on `backend` and the admin port until `shutdown`.
+async fn serve<B: Backend + Clone>(
+    config: Config,
+    backend: B,
+    health: serde_json::Value,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let tls = tls(&config.tls.dir)?;
     let p = &config.pool;
     let pool = Arc::new(Pool::new(p.sandboxes, p.queue, Duration::from_millis(p.queue_wait_ms)));
     let metrics = Arc::new(Metrics::new());
-    let health = serde_json::to_value(Health {
-        backend: if config.sandbox.backend == "bubblewrap" { "bubblewrap" } else { "runsc" },
-        swept: Swept { containers: swept.containers, cgroups: swept.cgroups, bundles: swept.bundles },
-    })?;
     let runner = Runner {
-        backend: Arc::new(backend),
+        backend,
         pool: pool.clone(),
         limits: config.limits.clone(),
         allowed_clients: config.tls.allowed_clients.clone(),

@@ -11,6 +11,7 @@ pub mod jobs;
 pub mod kestra;
 pub mod postgres;
 pub mod process;
+pub mod recorder;
 pub mod tls;
 pub mod tokens;
 pub mod upstream;

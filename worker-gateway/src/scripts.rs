@@ -215,14 +215,23 @@ impl ScriptDriver {
     }
 }
 
+/// The metadata key the worker sets on a status when nothing of the run was made
+/// (`sandbox.proto`).
+const RUN_NOT_STARTED: &str = "qiria-run-not-started";
+
 fn outcome(answer: Result<tonic::Response<RunResult>, tonic::Status>) -> Outcome {
     match answer {
         Ok(result) => Outcome::Ran(result.into_inner()),
         Err(status) => match status.code() {
             Code::ResourceExhausted => Outcome::NotTaken(format!("every sandbox is busy: {}", status.message())),
-            // Refused before the worker read the call: nothing ran.
-            Code::Unavailable if status.message().contains("connect") => {
+            // Refused before the worker read the call: nothing ran (tonic's own words for a
+            // failed connect; a connection cut mid-call is also UNAVAILABLE, and may have run).
+            Code::Unavailable if ["tcp connect error", "dns error"].iter().any(|m| status.message().starts_with(m)) => {
                 Outcome::NotTaken(format!("scripting worker unreachable: {}", status.message()))
+            }
+            // The worker says nothing of the run was made (its cluster was out of reach).
+            Code::Unavailable if status.metadata().get(RUN_NOT_STARTED).is_some() => {
+                Outcome::NotTaken(format!("scripting worker: {}", status.message()))
             }
             code => Outcome::Failed(format!("scripting worker: {code:?}: {}", status.message())),
         },
@@ -237,5 +246,41 @@ fn verdict(result: &RunResult) -> (JobState, String) {
     match result.exit_code {
         0 => (JobState::Success, "the script exited 0".into()),
         code => (JobState::Failed, format!("the script exited {code}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn taken(status: tonic::Status) -> bool {
+        !matches!(outcome(Err(status)), Outcome::NotTaken(_))
+    }
+
+    /// A script is handed over again only when the worker cannot have run it: busy, not
+    /// connected, or it says nothing of the run was made. A call cut mid-run may have run.
+    #[test]
+    fn only_a_call_that_made_nothing_is_handed_over_again() {
+        assert!(!taken(tonic::Status::resource_exhausted("every sandbox is busy")));
+        assert!(!taken(tonic::Status::unavailable("tcp connect error: Connection refused")));
+        let mut not_started = tonic::Status::unavailable("not started: the Kubernetes API server is unreachable");
+        not_started.metadata_mut().insert(RUN_NOT_STARTED, tonic::metadata::MetadataValue::from_static("true"));
+        assert!(!taken(not_started));
+        assert!(taken(tonic::Status::unavailable("error reading a body from connection: connection reset")));
+        assert!(taken(tonic::Status::internal("the Kubernetes API server refused POST …: 403")));
+    }
+
+    /// What tonic itself answers when the worker's port is closed.
+    #[tokio::test]
+    async fn a_worker_that_is_not_listening_did_not_take_the_script() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port());
+        let endpoint = format!("http://127.0.0.1:{}", port.expect("a free port"));
+        let channel = tonic::transport::Endpoint::from_shared(endpoint).expect("endpoint").connect_lazy();
+        let request = RunRequest { job_id: "job-1".into(), language: "python".into(), body: "print(1)".into() };
+        let status = crate::sandbox_pb::script_runner_client::ScriptRunnerClient::new(channel)
+            .run(request)
+            .await
+            .expect_err("nothing listens");
+        assert!(!taken(status.clone()), "{status:?}");
     }
 }

@@ -7,8 +7,9 @@
 //!   script, owned by the Job so that the Job's deletion (by the worker, or by its TTL when the
 //!   worker died) takes the ConfigMap and the pod with it;
 //! - the requests the worker sends the API server for a run, Bearer token included (the token
-//!   never appears in `Debug` output nor in a log). This build has no HTTP client: the
-//!   backend makes the requests and reports that no API is reachable;
+//!   never appears in `Debug` output nor in a log), and their order: the Job, its ConfigMap,
+//!   a watch of its pod to the pod's end, the log, the Job's verdict, the Job's deletion —
+//!   sent by [`super::api_server`], the deletion whatever happened before it;
 //! - the manifests a cluster needs first: the sandbox namespace (Pod Security `restricted`
 //!   enforced), a NetworkPolicy denying all ingress and egress, a LimitRange capping any pod at
 //!   the run limits, the worker's ServiceAccount with a Role limited to what the requests use,
@@ -27,13 +28,15 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use qiria_runtime::config::ConfigError;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::api_server::{self, ApiClient};
 use super::oci::NOBODY;
-use super::{Backend, RunReport, RunSpec, SandboxError};
+use super::{Backend, LimitHit, RunReport, RunSpec, SandboxError};
 use crate::config::{Config, RunLimits};
 
 /// Where the kubelet puts the pod's service account token (and rotates it: it is read for
@@ -44,7 +47,7 @@ pub(crate) const RUNTIME_CLASS: &str = "gvisor";
 /// The container runtime handler the RuntimeClass maps to (containerd's runsc shim).
 const HANDLER: &str = "runsc";
 /// The script's container, by name (the log request names it).
-const CONTAINER: &str = "script";
+pub(crate) const CONTAINER: &str = "script";
 /// Not an image: the default digest pulls nothing, so that a cluster never runs an image
 /// nobody chose. `kubernetes.image` must be set to a Python image pinned by digest.
 pub(crate) const PLACEHOLDER_IMAGE: &str =
@@ -61,8 +64,8 @@ const RUN_LABEL: &str = "app.kubernetes.io/instance";
 /// The label the Job controller puts on a Job's pods (Kubernetes 1.27 and later).
 const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
 
-/// `[kubernetes]`: the Kubernetes backend's settings, from which `scripting-worker manifests`
-/// generates the cluster's objects (the backend itself is not served yet: it has no client).
+/// `[kubernetes]`: the Kubernetes backend's settings (`sandbox.backend = "kubernetes"`), from
+/// which `scripting-worker manifests` also generates the cluster's objects.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct KubernetesConfig {
@@ -151,14 +154,25 @@ pub(crate) enum KubernetesError {
     Name { what: &'static str, name: String },
     #[error("the script is {0} bytes; a ConfigMap holds at most {SCRIPT_MAX_BYTES}")]
     ScriptTooLarge(usize),
-    #[error("no Kubernetes API reachable: this build makes the requests but has no client to send them")]
-    NoApi,
-}
-
-impl From<KubernetesError> for SandboxError {
-    fn from(error: KubernetesError) -> Self {
-        SandboxError::Setup(std::io::Error::other(error))
-    }
+    #[error("reading the API server's CA at {path}: {source}")]
+    Ca { path: PathBuf, source: std::io::Error },
+    /// No answer: connecting, TLS (a certificate not from the CA), or the answer cut short.
+    #[error("the Kubernetes API server is unreachable: {0}")]
+    Unreachable(String),
+    /// An answer that is not a success (the `message` of its Status).
+    #[error("the Kubernetes API server refused {method} {path}: {status} {reason}")]
+    Refused { method: &'static str, path: String, status: u16, reason: String },
+    #[error("the answer to {path} is over {limit} bytes")]
+    AnswerTooLarge { path: String, limit: usize },
+    #[error("an answer of the Kubernetes API server is not what its API documents: {0}")]
+    Answer(String),
+    /// Nothing the script did: the image or the volumes.
+    #[error("the run's pod cannot start: {0}")]
+    PodCannotStart(String),
+    #[error("the run's pod did not end within the run's deadline")]
+    NoEnd,
+    #[error("the caller went away; the run was stopped")]
+    Cancelled,
 }
 
 /// A service account token. Its `Debug` shows nothing of it.
@@ -233,7 +247,6 @@ impl ApiRequest {
 
     /// Every header to send, `Authorization` included: for the client that sends it, and
     /// nothing else.
-    #[cfg_attr(not(test), expect(dead_code, reason = "this build has no HTTP client"))]
     pub(crate) fn headers(&self) -> Vec<(&'static str, String)> {
         let mut headers = vec![
             ("Authorization", format!("Bearer {}", self.token.0)),
@@ -247,15 +260,13 @@ impl ApiRequest {
     }
 }
 
-/// The backend: the requests of a run, made from its settings.
-pub(crate) struct KubernetesBackend {
+/// The requests of a run, made from the backend's settings.
+pub(crate) struct RunRequests {
     config: KubernetesConfig,
 }
 
-// Nothing selects this backend yet (server.rs builds runsc only); its tests use all of it.
-#[cfg_attr(not(test), expect(dead_code, reason = "not wired into server.rs yet"))]
-impl KubernetesBackend {
-    /// A backend with checked settings.
+impl RunRequests {
+    /// Requests from checked settings.
     pub(crate) fn new(config: KubernetesConfig) -> Result<Self, ConfigError> {
         config.validate()?;
         Ok(Self { config })
@@ -330,15 +341,96 @@ impl KubernetesBackend {
     }
 }
 
-impl Backend for Arc<KubernetesBackend> {
-    async fn run(&self, spec: RunSpec, _cancel: tokio::sync::oneshot::Receiver<()>) -> Result<RunReport, SandboxError> {
-        let path = self.config.token_path.clone();
-        let token = tokio::task::spawn_blocking(move || Token::read(&path))
+/// The backend: a run's requests, sent to the API server in their order.
+pub(crate) struct KubernetesBackend {
+    requests: RunRequests,
+    api: ApiClient,
+}
+
+impl KubernetesBackend {
+    /// A backend with checked settings and the cluster's CA read (start-up fails without it).
+    pub(crate) fn open(config: KubernetesConfig) -> anyhow::Result<Self> {
+        let requests = RunRequests::new(config)?;
+        let api = ApiClient::new(&requests.config.api_server, &requests.config.ca_path)?;
+        Ok(Self { requests, api })
+    }
+
+    async fn token(&self) -> Result<Token, KubernetesError> {
+        let path = self.requests.config.token_path.clone();
+        tokio::task::spawn_blocking(move || Token::read(&path))
             .await
-            .map_err(|e| SandboxError::Setup(std::io::Error::other(e)))??;
-        let first = self.create_job(&spec, &token)?;
-        tracing::debug!(run = %spec.id, method = first.method.as_str(), path = %first.path, "Kubernetes request made, not sent");
-        Err(KubernetesError::NoApi.into())
+            .map_err(|e| KubernetesError::Answer(format!("reading the token: {e}")))?
+    }
+
+    /// The run from its Job's creation to its report; the caller deletes the Job.
+    async fn follow(&self, spec: &RunSpec, job_uid: &str, token: &Token) -> Result<RunReport, KubernetesError> {
+        let started = Instant::now();
+        let r = &self.requests;
+        self.api.send(&r.create_config_map(spec, job_uid, token)?, None).await?;
+        let setup = started.elapsed();
+        // The API server ends the watch a little after the deadline; this bounds a server
+        // that does not.
+        let bound = Duration::from_secs(deadline_seconds(&spec.limits) + 2 * WATCH_SLACK_SECONDS);
+        let end = tokio::time::timeout(bound, self.api.watch(&r.watch_pod(spec, token)?, api_server::pod_event))
+            .await
+            .map_err(|_| KubernetesError::NoEnd)??;
+        let run = started.elapsed().saturating_sub(setup);
+        let deadline = api_server::deadline_exceeded(&self.api.send(&r.job_status(spec, token)?, None).await?)?;
+        let Some(end) = end else {
+            return if deadline { Ok(timed_out(setup, run)) } else { Err(KubernetesError::NoEnd) };
+        };
+        let cap = spec.limits.output_bytes;
+        let log_request = r.read_log(&end.pod, &spec.limits, token)?;
+        let mut log = self.api.send(&log_request, Some(cap.saturating_mul(2).saturating_add(1))).await?;
+        let mut limits_hit = Vec::new();
+        if deadline {
+            limits_hit.push(LimitHit::Timeout);
+        }
+        if end.oom {
+            limits_hit.push(LimitHit::Oom);
+        }
+        if log.len() > cap {
+            log.truncate(cap);
+            limits_hit.push(LimitHit::OutputTruncated);
+        }
+        limits_hit.sort();
+        Ok(RunReport { exit_code: end.exit_code, stdout: log, limits_hit, setup, run, ..RunReport::default() })
+    }
+}
+
+/// A run the Job's deadline stopped before its pod was seen ending.
+fn timed_out(setup: Duration, run: Duration) -> RunReport {
+    RunReport { limits_hit: vec![LimitHit::Timeout], setup, run, ..RunReport::default() }
+}
+
+/// What the cluster cannot give back: standard error apart from standard output (the log API
+/// mixes them: all of it is in `stdout`), artifacts (`/out` goes with the pod), CPU time and
+/// peak memory (not in the pod's status).
+impl Backend for Arc<KubernetesBackend> {
+    async fn run(
+        &self,
+        spec: RunSpec,
+        mut cancel: tokio::sync::oneshot::Receiver<()>,
+    ) -> Result<RunReport, SandboxError> {
+        let token = self.token().await?;
+        let create = self.requests.create_job(&spec, &token)?;
+        let job_uid = match self.api.send(&create, None).await {
+            Ok(answer) => api_server::created_uid(&answer)?,
+            Err(e @ KubernetesError::Unreachable(_)) => return Err(SandboxError::NotStarted(e)),
+            Err(e) => return Err(e.into()),
+        };
+        let outcome = tokio::select! {
+            outcome = self.follow(&spec, &job_uid, &token) => outcome,
+            _ = &mut cancel => Err(KubernetesError::Cancelled),
+        };
+        let cleaning = Instant::now();
+        // Whatever happened: the Job goes now, or by its TTL if the API server is out of reach.
+        if let Err(e) = self.api.send(&self.requests.delete_job(&spec, &token)?, None).await {
+            tracing::warn!(run = %spec.id, error = %e, "deleting the run's Job failed; its TTL will");
+        }
+        let mut report = outcome?;
+        report.cleanup = cleaning.elapsed();
+        Ok(report)
     }
 }
 
@@ -668,9 +760,9 @@ mod tests {
         "docker.io/library/python:3.13-slim@sha256:1111111111111111111111111111111111111111111111111111111111111111";
     const SECRET: &str = "eyJhbGciOiJSUzI1NiJ9.c2VjcmV0LXRva2Vu.c2lnbmF0dXJl";
 
-    fn backend() -> KubernetesBackend {
+    fn backend() -> RunRequests {
         let config = KubernetesConfig { image: IMAGE.into(), ..KubernetesConfig::default() };
-        KubernetesBackend::new(config).expect("valid settings")
+        RunRequests::new(config).expect("valid settings")
     }
 
     fn spec() -> RunSpec {
@@ -923,21 +1015,14 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn the_backend_reads_the_token_and_reports_that_no_api_is_reachable() {
-        let (_dir, path) = token_file(SECRET);
-        let config = KubernetesConfig { image: IMAGE.into(), token_path: path, ..KubernetesConfig::default() };
-        let backend = Arc::new(KubernetesBackend::new(config).expect("valid"));
-        let (_stop, cancel) = tokio::sync::oneshot::channel();
-        let error = backend.run(spec(), cancel).await.expect_err("no API");
-        assert!(error.to_string().contains("no Kubernetes API reachable"), "{error}");
-        assert!(!error.to_string().contains(SECRET));
-
-        let config =
-            KubernetesConfig { image: IMAGE.into(), token_path: "/nonexistent/token".into(), ..Default::default() };
-        let backend = Arc::new(KubernetesBackend::new(config).expect("valid"));
-        let (_stop, cancel) = tokio::sync::oneshot::channel();
-        let error = backend.run(spec(), cancel).await.expect_err("no token");
-        assert!(error.to_string().contains("/nonexistent/token"), "{error}");
+    #[test]
+    fn the_backend_does_not_open_without_the_clusters_ca() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let absent = dir.path().join("ca.crt");
+        let config = KubernetesConfig { image: IMAGE.into(), ca_path: absent.clone(), ..KubernetesConfig::default() };
+        let error = KubernetesBackend::open(config.clone()).err().expect("no CA");
+        assert!(error.to_string().contains(&absent.display().to_string()), "{error}");
+        std::fs::write(&absent, "not a certificate").expect("write");
+        assert!(KubernetesBackend::open(config).is_err(), "a file with no certificate is refused");
     }
 }

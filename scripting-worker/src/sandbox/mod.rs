@@ -2,8 +2,9 @@
 //! the host is reachable, and gives back what happened — then nothing of the run is left.
 //! The backends: `runsc` (gVisor on this host) and `bubblewrap` (namespaces and seccomp on the
 //! host's kernel, weaker), both in [`host`]; `kubernetes` (a gVisor Job per run in a sandbox
-//! namespace; [`kubernetes`], its requests made but not yet sent).
+//! namespace; [`kubernetes`], its requests sent by [`api_server`]).
 
+pub(crate) mod api_server;
 pub(crate) mod host;
 pub(crate) mod kubernetes;
 pub(crate) mod oci;
@@ -96,6 +97,13 @@ pub(crate) enum SandboxError {
     /// Watching the run failed (its cgroup could not be read or killed).
     #[error("supervising the run: {0}")]
     Supervise(std::io::Error),
+    /// The cluster did not make or report the run (`kubernetes` backend).
+    #[error("{0}")]
+    Cluster(#[from] kubernetes::KubernetesError),
+    /// Nothing of the run was made, and a later call may succeed (the cluster's API was out
+    /// of reach before the run's Job existed): the caller may try again.
+    #[error("not started: {0}")]
+    NotStarted(kubernetes::KubernetesError),
 }
 
 /// A place scripts run.
