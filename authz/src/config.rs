@@ -43,6 +43,9 @@ pub struct ServerConfig {
     pub tls_key: Option<PathBuf>,
     /// PEM CA bundle; when set, clients (Envoy) must present a certificate it signed.
     pub tls_client_ca: Option<PathBuf>,
+    /// Connections held open at once on `grpc_addr`; one more is closed at accept (each Envoy
+    /// keeps a few; keep it below the process's file descriptor limit).
+    pub max_connections: usize,
 }
 
 /// Where the Rego bundle lives and how it is evaluated.
@@ -107,6 +110,7 @@ impl Default for ServerConfig {
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
+            max_connections: 4096,
         }
     }
 }
@@ -170,6 +174,9 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |field, reason: &str| Err(ConfigError::invalid(field, reason));
+        if self.server.max_connections == 0 {
+            return invalid("server.max_connections", "must be at least 1");
+        }
         if let Some((field, reason)) = self.jwt.verifier().invalid() {
             let field = match field {
                 "leeway_secs" => "jwt.leeway_secs",

@@ -160,7 +160,10 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let grpc = builder
         .add_service(health_service)
         .add_service(AuthorizationServer::new(CheckService(authorizer)))
-        .serve_with_incoming_shutdown(qiria_runtime::net::incoming(grpc_listener), shutdown.wait());
+        .serve_with_incoming_shutdown(
+            qiria_runtime::net::incoming_bounded(grpc_listener, config.server.max_connections),
+            shutdown.wait(),
+        );
     let result = grpc.await;
     if let Err(e) = &result {
         error!(error = %e, "gRPC server failed");

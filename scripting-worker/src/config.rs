@@ -42,11 +42,18 @@ pub struct ServerConfig {
     pub grpc_addr: SocketAddr,
     /// `/metrics` and `/health` (plain HTTP, no secrets).
     pub admin_addr: SocketAddr,
+    /// Connections held open at once on `grpc_addr` (before their TLS handshake too); one
+    /// more is closed at accept. Its callers are the gateway's replicas.
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { grpc_addr: ([127, 0, 0, 1], 9198).into(), admin_addr: ([127, 0, 0, 1], 9199).into() }
+        Self {
+            grpc_addr: ([127, 0, 0, 1], 9198).into(),
+            admin_addr: ([127, 0, 0, 1], 9199).into(),
+            max_connections: 64,
+        }
     }
 }
 
@@ -205,6 +212,9 @@ impl Config {
                     "the kubernetes backend has no egress proxy: leave it empty",
                 ));
             }
+        }
+        if self.server.max_connections == 0 {
+            return Err(ConfigError::invalid("server.max_connections", "must be at least 1"));
         }
         if self.pool.sandboxes == 0 || self.pool.sandboxes > 64 {
             return Err(ConfigError::invalid("pool.sandboxes", "must be 1..=64"));

@@ -113,7 +113,10 @@ async fn serve<B: Backend + Clone>(
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(service)
-        .serve_with_incoming_shutdown(qiria_runtime::net::incoming(grpc_listener), shutdown.wait())
+        .serve_with_incoming_shutdown(
+            qiria_runtime::net::incoming_bounded(grpc_listener, config.server.max_connections),
+            shutdown.wait(),
+        )
         .await;
     if let Err(e) = &result {
         error!(error = %e, "gRPC server failed");
