@@ -16,7 +16,7 @@ use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse, Den
 use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value as PbValue};
 use envoy_types::pb::google::rpc;
 use tonic::{Request, Response, Status};
-use tracing::{info, warn};
+use tracing::warn;
 
 use qiria_identity::{IdentityError, TokenVerifier};
 use qiria_policy::input::InputError;
@@ -24,6 +24,7 @@ use qiria_policy::{LivePolicy, PolicyBundle, PolicyError};
 
 use crate::decision::{Decision, DecisionError, SharedDecision};
 use crate::decision_cache::{DecisionCache, DecisionMemo, VerifiedToken};
+use crate::decision_log::{DecisionLog, Failure, Ticket};
 use crate::envoy_input;
 use crate::metrics::{DecisionLabels, Metrics, StripedCounter};
 
@@ -35,12 +36,6 @@ pub const ROLES_HEADER: &str = "x-qiria-roles";
 /// upstream (a client-sent copy is removed): every header set costs Envoy ~4,000 instructions
 /// per request, and the upstream already has `x-request-id`, which the decision log records.
 pub const DECISION_ID_HEADER: &str = "x-qiria-decision-id";
-/// The request id Envoy generates (or keeps) and forwards upstream: the decision log's join key
-/// with the upstream's and Envoy's own logs.
-const REQUEST_ID_HEADER: &str = "x-request-id";
-/// Longest path and request id a decision log line repeats (longer ones are cut).
-const MAX_LOGGED_PATH: usize = 2048;
-const MAX_LOGGED_REQUEST_ID: usize = 128;
 /// Namespace-free key of the decision id in the response's dynamic metadata.
 pub const DECISION_ID_KEY: &str = "decision_id";
 /// Every header of this prefix is Qiria's to set: a client's copy never reaches the upstream.
@@ -48,6 +43,9 @@ const RESERVED_PREFIX: &str = "x-qiria-";
 /// The context extension (set per route in Envoy) under which authz forwards the bearer token
 /// to an upstream that verifies it again itself (`"true"`).
 pub const FORWARD_TOKEN_EXTENSION: &str = "qiria.forward_token";
+/// The context extension (set per route in Envoy) that puts the route in shadow mode
+/// (`"true"`) — decide and log, but allow — or out of it (`"false"`, over `policy.shadow`).
+pub const SHADOW_EXTENSION: &str = "qiria.shadow";
 
 /// Why a request is denied; each reason has exactly one status.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +84,18 @@ impl Denial {
             Self::Policy(_) | Self::Decision(_) => (403, tonic::Code::PermissionDenied, "forbidden"),
         }
     }
+
+    /// The policy made no decision: why, as the decision log's `error` says it.
+    fn failure(&self) -> Option<Failure> {
+        let code = match self {
+            Self::BadRequest(_) => "input_error",
+            Self::NoPolicy => "no_policy",
+            Self::Policy(_) => "eval_error",
+            Self::Decision(_) => "malformed_decision",
+            Self::Unauthenticated(_) | Self::Forbidden | Self::UnsafeClaim(_) => return None,
+        };
+        Some(Failure { code, message: self.to_string() })
+    }
 }
 
 /// Everything a decision needs; shared by all connections.
@@ -93,8 +103,9 @@ pub struct Authorizer {
     verifier: Arc<TokenVerifier<DecisionMemo>>,
     policy: Arc<LivePolicy>,
     metrics: Arc<Metrics>,
-    log_decisions: bool,
+    log: Option<DecisionLog>,
     forward_token: bool,
+    shadow: bool,
     cache: Option<DecisionCache>,
     counters: DecisionCounters,
 }
@@ -102,8 +113,8 @@ pub struct Authorizer {
 /// How an [`Authorizer`] answers, besides what the policy says.
 #[derive(Debug, Clone)]
 pub struct AnswerSettings {
-    /// One decision log line per request.
-    pub log_decisions: bool,
+    /// Decide and log, but allow every request (routes may say otherwise, [`SHADOW_EXTENSION`]).
+    pub shadow: bool,
     /// Forward the bearer token upstream on every allowed request (else only on routes that
     /// set the [`FORWARD_TOKEN_EXTENSION`]).
     pub forward_token: bool,
@@ -128,6 +139,7 @@ impl Authorizer {
         policy: Arc<LivePolicy>,
         metrics: Arc<Metrics>,
         settings: &AnswerSettings,
+        log: Option<DecisionLog>,
     ) -> Self {
         let counter = |outcome, status| metrics.decisions.get_or_create(&DecisionLabels { outcome, status }).clone();
         let counters = DecisionCounters {
@@ -140,14 +152,16 @@ impl Authorizer {
             policy,
             counters,
             metrics,
-            log_decisions: settings.log_decisions,
+            log,
             forward_token: settings.forward_token,
+            shadow: settings.shadow,
             cache: DecisionCache::new(settings.decision_cache_capacity, settings.decision_cache_ttl),
         }
     }
 
-    /// Decides one request. Never fails: every error is a denial.
-    pub fn check(&self, request: &CheckRequest) -> CheckResponse {
+    /// Decides one request. Never fails: every error is a denial. When the decision is to be
+    /// logged, the [`Ticket`] to hand to [`Self::log`] with the request.
+    pub fn check(&self, request: &CheckRequest) -> (CheckResponse, Option<Ticket>) {
         let started = Instant::now();
         let decision_id = uuid::Uuid::new_v4().to_string();
         // A guard, not a clone of the Arc: no reference-count traffic per request.
@@ -158,18 +172,22 @@ impl Authorizer {
         let identity = self.verifier.verify_header(authorization);
 
         let mut cached = false;
+        let evaluating = Instant::now();
         let evaluated = bundle
             .as_deref()
             .ok_or(Denial::NoPolicy)
             .and_then(|bundle| self.decide(bundle, request, http, &identity, &mut cached));
+        let eval = if cached { std::time::Duration::ZERO } else { evaluating.elapsed() };
+        let logged_outcome = self.log.as_ref().map(|_| match &evaluated {
+            Ok(decision) => Ok(decision.clone()),
+            Err(denial) => Err(denial.failure().unwrap_or(Failure { code: "denied", message: denial.to_string() })),
+        });
         let metadata = metadata(&decision_id, evaluated.as_ref().ok().and_then(|d| d.dynamic_metadata.as_ref()));
         let sent = http.map(|h| &h.headers);
         let forward_token = self.forward_token || forwards_token(request);
+        let verified = identity.as_ref().ok().map(|identity| (&*identity.subject, &*identity.roles));
         let (mut response, status) = match (evaluated, &identity) {
-            (Ok(decision), Ok(identity)) if decision.allowed => {
-                let identity = Some((&*identity.subject, &*identity.roles));
-                allow(&decision, identity, sent, forward_token, &decision_id)
-            }
+            (Ok(decision), Ok(_)) if decision.allowed => allow(&decision, verified, sent, forward_token, &decision_id),
             (Ok(decision), Err(_)) if decision.allowed => allow(&decision, None, sent, forward_token, &decision_id),
             (Ok(decision), Err(reason)) => deny(&Denial::Unauthenticated(*reason), &decision, &decision_id),
             (Ok(decision), Ok(_)) => deny(&Denial::Forbidden, &decision, &decision_id),
@@ -181,40 +199,65 @@ impl Authorizer {
             }
         };
         let allowed = matches!(response.http_response, Some(HttpResponse::OkResponse(_)));
+        let shadow = !allowed && self.shadows(request);
+        if shadow {
+            // Not enforced: the request goes on as a plain allow would let it (with the
+            // identity headers only when the token was verified); the log and the metrics say
+            // what the policy decided.
+            let plain = Decision { allowed: true, ..Decision::default() };
+            response = allow(&plain, verified, sent, forward_token, &decision_id).0;
+        }
         response.dynamic_metadata = Some(metadata);
-        match (allowed, status) {
-            (true, 200) => self.counters.allowed.inc(),
-            (false, 401) => self.counters.unauthenticated.inc(),
-            (false, 403) => self.counters.forbidden.inc(),
-            (allowed, status) => {
-                let outcome = if allowed { "allow" } else { "deny" };
+        match (allowed, status, shadow) {
+            (true, 200, _) => self.counters.allowed.inc(),
+            (false, 401, false) => self.counters.unauthenticated.inc(),
+            (false, 403, false) => self.counters.forbidden.inc(),
+            (allowed, status, shadow) => {
+                let outcome = match (allowed, shadow) {
+                    (true, _) => "allow",
+                    (false, true) => "shadow_deny",
+                    (false, false) => "deny",
+                };
                 self.metrics.decisions.get_or_create(&DecisionLabels { outcome, status }).inc()
             }
         };
-        self.metrics.decision_seconds.observe(started.elapsed());
-        if self.log_decisions {
-            // The query string may carry secrets: only the path is logged.
-            let path = http.map(|h| h.path.split('?').next().unwrap_or_default()).unwrap_or_default();
-            // Both come from the client: bounded, so that one request cannot write a 60 KB line.
-            let path = bounded(path, MAX_LOGGED_PATH);
-            let request_id = http.and_then(|h| h.headers.get(REQUEST_ID_HEADER)).map(String::as_str);
-            let request_id = bounded(request_id.unwrap_or_default(), MAX_LOGGED_REQUEST_ID);
-            info!(
-                target: "qiria::decision",
+        let handler = started.elapsed();
+        self.metrics.decision_seconds.observe(handler);
+        let ticket = match (&self.log, logged_outcome) {
+            (Some(log), Some(outcome)) if log.wants(allowed) => Some(Ticket {
                 decision_id,
-                request_id,
+                timestamp: std::time::SystemTime::now(),
+                bundle: (*bundle).clone(),
+                outcome,
                 allowed,
                 status,
-                revision,
-                method = http.map(|h| h.method.as_str()).unwrap_or_default(),
-                path,
-                subject = identity.as_ref().map(|i| &*i.subject).unwrap_or_default(),
-                identity_error = identity.as_ref().err().map(IdentityError::code).unwrap_or_default(),
+                identity: identity.as_ref().map(|_| ()).map_err(|e| *e),
+                subject: identity.as_ref().ok().map(|i| i.subject.to_string()),
                 cached,
-                duration_us = started.elapsed().as_micros() as u64,
-            );
+                shadow,
+                eval,
+                handler,
+            }),
+            _ => None,
+        };
+        (response, ticket)
+    }
+
+    /// Hands a decision to the decision log (which never makes the caller wait).
+    pub fn log(&self, ticket: Ticket, request: CheckRequest) {
+        if let Some(log) = &self.log {
+            log.submit(ticket, request);
         }
-        response
+    }
+
+    /// Whether a denial of `request` is only logged: `policy.shadow`, unless its route says.
+    fn shadows(&self, request: &CheckRequest) -> bool {
+        let route = request.attributes.as_ref().and_then(|a| a.context_extensions.get(SHADOW_EXTENSION));
+        match route.map(String::as_str) {
+            Some("true") => true,
+            Some("false") => false,
+            _ => self.shadow,
+        }
     }
 
     /// The policy's decision for this request: remembered, when the bundle allows reuse and
@@ -361,15 +404,6 @@ fn header_safe(value: &str) -> bool {
     value.bytes().all(|b| (0x20..0x7f).contains(&b))
 }
 
-/// `text` cut to at most `max` bytes, on a character boundary.
-fn bounded(text: &str, max: usize) -> &str {
-    let mut end = max.min(text.len());
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
-}
-
 /// Dynamic metadata for Envoy: the policy's own entries, then ours (which it cannot override).
 /// Only the decision id, as OPA-Envoy does: Envoy pays ~4,000 instructions per field per
 /// request; the bundle revision, the outcome and the reason are in the decision log, which the
@@ -389,20 +423,10 @@ impl Authorization for CheckService {
         // A span per Check for the tracing pipeline (OpenTelemetry joins it to Envoy's trace);
         // at the default `info` level it is disabled and costs a branch.
         let _span = tracing::debug_span!("ext_authz.check").entered();
-        Ok(Response::new(self.0.check(request.get_ref())))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::bounded;
-
-    #[test]
-    fn logged_client_text_is_cut_on_a_character_boundary() {
-        assert_eq!(bounded("abc", 8), "abc");
-        assert_eq!(bounded("abcdef", 4), "abcd");
-        // "é" is two bytes: a cut inside it keeps the whole characters before it.
-        assert_eq!(bounded("aéb", 2), "a");
-        assert_eq!(bounded("", 4), "");
+        let (response, ticket) = self.0.check(request.get_ref());
+        if let Some(ticket) = ticket {
+            self.0.log(ticket, request.into_inner());
+        }
+        Ok(Response::new(response))
     }
 }

@@ -14,6 +14,7 @@ use qiria_runtime::config::{ConfigError, LogConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::check::AnswerSettings;
+use crate::decision_log::DecisionLogConfig;
 
 /// Everything the `authz serve` command needs.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -25,8 +26,10 @@ pub struct Config {
     pub policy: PolicyConfig,
     /// How bearer tokens are verified.
     pub jwt: JwtConfig,
-    /// Log format and level.
+    /// Log format and level; `log.decisions` turns the decision log on.
     pub log: LogConfig,
+    /// What the decision log holds.
+    pub decision_log: DecisionLogConfig,
 }
 
 /// Listening sockets and TLS.
@@ -73,6 +76,10 @@ pub struct PolicyConfig {
     pub decision_cache_capacity: u64,
     /// Seconds a cached decision may be reused.
     pub decision_cache_ttl_secs: u64,
+    /// Shadow mode: decide and log, but allow every request (denials are logged with
+    /// `qiria.shadow: true` and counted as `shadow_deny`), to try a policy on live traffic.
+    /// Routes may turn it on or off with the context extension `qiria.shadow`.
+    pub shadow: bool,
 }
 
 /// How bearer tokens are verified.
@@ -127,6 +134,7 @@ impl Default for PolicyConfig {
             poll_interval_ms: 2_000,
             decision_cache_capacity: 10_000,
             decision_cache_ttl_secs: 60,
+            shadow: false,
         }
     }
 }
@@ -177,6 +185,9 @@ impl Config {
         if self.server.max_connections == 0 {
             return invalid("server.max_connections", "must be at least 1");
         }
+        if let Some((field, reason)) = self.decision_log.invalid() {
+            return Err(ConfigError::invalid(field, reason));
+        }
         if let Some((field, reason)) = self.jwt.verifier().invalid() {
             let field = match field {
                 "leeway_secs" => "jwt.leeway_secs",
@@ -221,7 +232,7 @@ impl Config {
     /// How the decision service answers, besides the policy.
     pub fn answer_settings(&self) -> AnswerSettings {
         AnswerSettings {
-            log_decisions: self.log.decisions,
+            shadow: self.policy.shadow,
             forward_token: self.jwt.forward_token,
             decision_cache_capacity: self.policy.decision_cache_capacity,
             decision_cache_ttl: Duration::from_secs(self.policy.decision_cache_ttl_secs),

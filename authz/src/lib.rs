@@ -15,6 +15,7 @@ pub mod cli;
 pub mod config;
 pub mod decision;
 pub mod decision_cache;
+pub mod decision_log;
 pub mod envoy_input;
 pub mod metrics;
 pub mod server;

@@ -14,6 +14,8 @@ use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 use qiria_policy::EvalCounters;
+
+use crate::decision_log::LogCounters;
 use qiria_runtime::thread_slot::thread_slot;
 
 /// Labels of a decision counter.
@@ -49,6 +51,8 @@ pub struct Metrics {
     pub cached_tokens: Gauge,
     /// Evaluation outcomes the policy library counts (limits, stalls, panics).
     pub evaluation: Arc<EvalCounters>,
+    /// The decision log's writer: written, dropped, waiting.
+    pub decision_log: Arc<LogCounters>,
 }
 
 impl Default for Metrics {
@@ -88,6 +92,19 @@ impl Default for Metrics {
             "Evaluations that panicked (denied; the engine was replaced)",
             view(|c| c.panics.load(Relaxed)),
         );
+        let decision_log = Arc::new(LogCounters::default());
+        let log_view = |read: fn(&LogCounters) -> u64| CounterView { counters: decision_log.clone(), read };
+        registry.register("decision_log_written", "Decision log events written", log_view(|c| c.written.load(Relaxed)));
+        registry.register(
+            "decision_log_dropped",
+            "Decision log events dropped: the writer was behind (its queue full) or its output failed",
+            log_view(|c| c.dropped.load(Relaxed)),
+        );
+        registry.register(
+            "decision_log_queued",
+            "Decision log events waiting for the writer",
+            GaugeView { counters: decision_log.clone(), read: |c: &LogCounters| c.queued.load(Relaxed) },
+        );
         Self {
             registry,
             decisions,
@@ -97,6 +114,7 @@ impl Default for Metrics {
             keys_loaded,
             cached_tokens,
             evaluation,
+            decision_log,
         }
     }
 }
@@ -118,18 +136,40 @@ pub fn reload_result(result: &'static str) -> ReloadLabels {
 
 /// A counter kept elsewhere (by the policy library), read when scraped.
 #[derive(Debug)]
-struct CounterView {
-    counters: Arc<EvalCounters>,
-    read: fn(&EvalCounters) -> u64,
+struct CounterView<T> {
+    counters: Arc<T>,
+    read: fn(&T) -> u64,
 }
 
-impl TypedMetric for CounterView {
+impl<T> TypedMetric for CounterView<T> {
     const TYPE: MetricType = MetricType::Counter;
 }
 
-impl EncodeMetric for CounterView {
+impl<T: std::fmt::Debug + Send + Sync + 'static> EncodeMetric for CounterView<T> {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
         encoder.encode_counter::<NoLabelSet, _, u64>(&(self.read)(&self.counters), None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+/// A gauge kept elsewhere, read when scraped.
+#[derive(Debug)]
+struct GaugeView<T> {
+    counters: Arc<T>,
+    read: fn(&T) -> u64,
+}
+
+impl<T> TypedMetric for GaugeView<T> {
+    const TYPE: MetricType = MetricType::Gauge;
+}
+
+impl<T: std::fmt::Debug + Send + Sync + 'static> EncodeMetric for GaugeView<T> {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let value = i64::try_from((self.read)(&self.counters)).unwrap_or(i64::MAX);
+        encoder.encode_gauge(&value)
     }
 
     fn metric_type(&self) -> MetricType {

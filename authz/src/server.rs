@@ -14,11 +14,12 @@ use qiria_runtime::watch::watch_dir;
 use serde::Serialize;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::check::{Authorizer, CheckService};
 use crate::config::Config;
 use crate::decision_cache::DecisionMemo;
+use crate::decision_log::DecisionLog;
 use crate::metrics::{reload_result, Metrics};
 
 /// The gRPC service name Envoy's health checks ask about.
@@ -142,7 +143,16 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         Service::reload_policy,
     )?;
 
-    let authorizer = Arc::new(Authorizer::new(verifier, policy, metrics, &config.answer_settings()));
+    let log = if config.log.decisions {
+        let counters = metrics.decision_log.clone();
+        Some(DecisionLog::start(&config.decision_log, &config.policy.decision_rule, counters)?)
+    } else {
+        None
+    };
+    if config.policy.shadow {
+        warn!("policy.shadow is on: denials are logged, not enforced");
+    }
+    let authorizer = Arc::new(Authorizer::new(verifier, policy, metrics, &config.answer_settings(), log));
     let grpc_listener = qiria_runtime::net::bind(config.server.grpc_addr, "server.grpc_addr").await?;
     let admin_listener = qiria_runtime::net::bind(config.server.admin_addr, "server.admin_addr").await?;
     info!(grpc = %grpc_listener.local_addr()?, admin = %admin_listener.local_addr()?, "authz listening");

@@ -11,8 +11,12 @@ const AUTHZ: &str = env!("CARGO_BIN_EXE_authz");
 async fn decided(stack: &Stack, path: &str, token: Option<&str>) -> (u16, bool, String) {
     let reply: Reply = stack.send(Http1, "GET", path, token, &[]).await;
     let id = reply.decision_key().unwrap_or_else(|| panic!("no decision key on {reply:?}"));
-    let log = stack.authz.decision_log(&id);
-    (reply.status, log["cached"].as_bool().unwrap(), log["revision"].as_str().unwrap().to_string())
+    let log = stack.authz.decision_log(&id).await;
+    (
+        reply.status,
+        log["qiria"]["cached"].as_bool().unwrap(),
+        log["bundles"]["authz"]["revision"].as_str().unwrap().to_string(),
+    )
 }
 
 #[tokio::test]

@@ -386,7 +386,7 @@ async fn a_client_certificate_rule_decides_on_the_peer_certificate() {
     // One decision per request that got through the handshake: one allowed, four denied.
     let counts = || {
         let decided = authz.decision_logs();
-        let allowed = decided.iter().filter(|l| l["allowed"] == true).count();
+        let allowed = decided.iter().filter(|l| l["qiria"]["allowed"] == true).count();
         (allowed, decided.len() - allowed)
     };
     let logged = wait_until(Duration::from_secs(5), || async { counts() == (1, 4) }).await;

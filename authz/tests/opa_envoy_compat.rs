@@ -22,7 +22,7 @@ async fn opa_envoy_policy_decides_the_same_here() {
     assert_eq!(reply.headers.get("x-served-by").unwrap(), "opa-policy");
     // The policy's dynamic metadata reaches Envoy next to ours, which it cannot override.
     let decision_id =
-        stack.authz.decision_log(&reply.decision_key().unwrap())["decision_id"].as_str().unwrap().to_string();
+        stack.authz.decision_log(&reply.decision_key().unwrap()).await["decision_id"].as_str().unwrap().to_string();
     let logged =
         qiria_test_support::wait_until(std::time::Duration::from_secs(5), || async {
             stack.envoy.access_log().iter().any(|l| {

@@ -97,7 +97,7 @@ async fn verified_identity_reaches_upstream_and_forged_headers_never_do() {
     no_forged_header_arrives(&allowed);
     // The upstream joins its logs to the decision through Envoy's request id.
     let request_id = allowed.decision_key().unwrap();
-    assert_eq!(stack.authz.decision_log(&request_id)["subject"], "alice");
+    assert_eq!(stack.authz.decision_log(&request_id).await["qiria"]["subject"], "alice");
 
     // Over gRPC too.
     let grpc = stack.send(Grpc, "POST", "/qiria.jobs.v1.JobService/GetJob", Some(&user), &forged).await;

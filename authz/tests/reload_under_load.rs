@@ -101,12 +101,18 @@ async fn policy_edit_under_load_switches_with_no_wrong_decision() {
     // and decision id, the decision log the revision behind that id (Envoy flushes its access
     // log about once a second).
     wait_until(Duration::from_secs(5), || async { stack.envoy.access_log().len() >= seen.len() }).await;
+    wait_until(Duration::from_secs(5), || async { stack.authz.decision_logs().len() >= seen.len() }).await;
     let log = stack.envoy.access_log();
     let revisions: HashMap<String, String> = stack
         .authz
         .decision_logs()
         .into_iter()
-        .map(|l| (l["decision_id"].as_str().unwrap().to_string(), l["revision"].as_str().unwrap().to_string()))
+        .map(|l| {
+            (
+                l["decision_id"].as_str().unwrap().to_string(),
+                l["bundles"]["authz"]["revision"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     let mut by_revision: BTreeMap<String, usize> = BTreeMap::new();
     for line in &log {

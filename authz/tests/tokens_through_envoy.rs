@@ -90,8 +90,8 @@ async fn bad_tokens_are_denied_with_their_reason() {
         let grpc = stack.send(Grpc, "POST", "/qiria.jobs.v1.JobService/GetJob", Some(token), &[]).await;
         assert_eq!(grpc.grpc_status.as_deref(), Some("16"), "{name}: {grpc:?}");
         let decision_id = reply.headers.get("x-qiria-decision-id").unwrap().to_str().unwrap();
-        let logged = stack.authz.decision_log(decision_id);
-        assert_eq!(logged["identity_error"], *reason, "{name}: {logged}");
+        let logged = stack.authz.decision_log(decision_id).await;
+        assert_eq!(logged["qiria"]["identity_error"], *reason, "{name}: {logged}");
     }
 
     // Tokens never appear in authz's logs.

@@ -71,7 +71,7 @@ impl Fixture {
         let policy = Arc::new(LivePolicy::new(workspace_root().join("policies/rego"), options));
         assert!(matches!(policy.reload(), qiria_policy::Reload::Activated { .. }), "the shipped bundle loads");
         let bundle = policy.current().as_ref().cloned().expect("bundle");
-        let authorizer = Arc::new(Authorizer::new(verifier.clone(), policy, metrics, &config.answer_settings()));
+        let authorizer = Arc::new(Authorizer::new(verifier.clone(), policy, metrics, &config.answer_settings(), None));
         Self { key, verifier, bundle, authorizer, _keys: keys }
     }
 

@@ -64,7 +64,7 @@ pub fn decisions_per_second(workload: Workload, tokens: usize, duration: Duratio
         .collect();
     let decide = |bytes: &[u8]| -> bool {
         let Ok(request) = CheckRequest::decode(bytes) else { return false };
-        let response = fixture.authorizer.check(&request);
+        let (response, _) = fixture.authorizer.check(&request);
         let allowed = response.status.as_ref().is_some_and(|s| s.code == 0);
         std::hint::black_box(response.encode_to_vec());
         allowed

@@ -9,7 +9,7 @@ use qiria_benches::{check_request, Fixture};
 fn plain_allow_is_what_check_answers_to_an_allowed_request() {
     let fixture = Fixture::new();
     let token = fixture.token("alice", &["User"]);
-    let answer = fixture.authorizer.check(&check_request(Some(&token), "GET", "/v1/jobs/42"));
+    let (answer, _) = fixture.authorizer.check(&check_request(Some(&token), "GET", "/v1/jobs/42"));
     let decision_id = match answer.dynamic_metadata.as_ref().and_then(|m| m.fields.get(DECISION_ID_KEY)) {
         Some(value) => match &value.kind {
             Some(Kind::StringValue(id)) => id.clone(),

@@ -12,6 +12,9 @@ use crate::tokens::{SigningKey, AUDIENCE, ISSUER};
 use crate::upstream::EchoUpstream;
 use crate::{free_port, wait_until, workspace_root};
 
+/// The environment variable of authz's `decision_log.allow_sample`.
+const ALLOW_SAMPLE: &str = "QIRIA_AUTHZ_DECISION_LOG__ALLOW_SAMPLE";
+
 /// A running authz process.
 pub struct Authz {
     /// ext_authz gRPC port.
@@ -60,7 +63,12 @@ impl Authz {
 
     fn launch(&mut self) {
         self.stop();
-        self.process = Some(Process::spawn("authz", &self.bin, &self.args, &self.log).expect("start authz"));
+        // Every allowed request is logged too (the default samples 1 %): tests look decisions
+        // up. A test binary of its own may set another sample in its environment.
+        let sample = std::env::var(ALLOW_SAMPLE).unwrap_or_else(|_| "1.0".into());
+        let env = [(ALLOW_SAMPLE, sample.as_str())];
+        self.process =
+            Some(Process::spawn_with_env("authz", &self.bin, &self.args, &self.log, &env).expect("start authz"));
     }
 
     /// Starts the process again on the same ports (after [`Self::stop`]) and waits for it.
@@ -107,22 +115,23 @@ impl Authz {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// The decision log line whose decision id or request id is `key` (see
-    /// [`crate::call::Reply::decision_key`]); panics with the log when there is none.
-    pub fn decision_log(&self, key: &str) -> serde_json::Value {
-        self.decision_logs()
-            .into_iter()
-            .find(|l| l["decision_id"] == key || l["request_id"] == key)
-            .unwrap_or_else(|| panic!("decision {key} not logged:\n{}", self.output()))
+    /// The decision log event whose decision id or request id is `key` (see
+    /// [`crate::call::Reply::decision_key`]), waiting a moment for it (the log is written
+    /// after the answer, by a thread of its own); panics with the log when there is none.
+    pub async fn decision_log(&self, key: &str) -> serde_json::Value {
+        let find =
+            || self.decision_logs().into_iter().find(|l| l["decision_id"] == key || l["qiria"]["request_id"] == key);
+        wait_until(Duration::from_secs(5), || async { find().is_some() }).await;
+        find().unwrap_or_else(|| panic!("decision {key} not logged:\n{}", self.output()))
     }
 
-    /// Every decision log line so far, in order.
+    /// Every decision log event so far (OPA's decision-log shape), in order.
     pub fn decision_logs(&self) -> Vec<serde_json::Value> {
         let output = self.output();
         output
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|l| l["decision_id"].is_string() && l["allowed"].is_boolean())
+            .filter(|l| l["decision_id"].is_string() && l["path"].is_string() && l["qiria"].is_object())
             .collect()
     }
 

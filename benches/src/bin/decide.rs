@@ -25,7 +25,7 @@ pub fn qiria_decisions(
 ) -> usize {
     let mut allowed = 0;
     for _ in 0..n {
-        let response = fixture.authorizer.check(request);
+        let (response, _) = fixture.authorizer.check(request);
         allowed += usize::from(response.status.is_some_and(|s| s.code == 0));
     }
     allowed
