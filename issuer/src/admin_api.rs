@@ -91,6 +91,12 @@ async fn authorize(
     if !allowed {
         return refuse(Some(&identity.subject), IssuerError::Forbidden);
     }
+    // An admin action that the SIEM may never see is not made (`log.siem.when_full = "block"`).
+    if parts.method != axum::http::Method::GET {
+        if let Err(full) = qiria_runtime::siem::admit_admin_action() {
+            return IssuerError::from(full).into_response();
+        }
+    }
     let mut request = Request::from_parts(parts, Body::from(body));
     request.extensions_mut().insert(Caller(identity.subject.to_string()));
     next.run(request).await

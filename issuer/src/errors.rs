@@ -42,6 +42,9 @@ pub enum IssuerError {
     /// No signing key loaded.
     #[error("no signing key")]
     NoSigningKey,
+    /// The SIEM is behind on the audit trail: admin actions wait (`log.siem.when_full`).
+    #[error("{0}")]
+    AuditSpoolFull(#[from] qiria_runtime::siem::SpoolFull),
     /// The store failed.
     #[error("{0}")]
     Store(#[from] StoreError),
@@ -79,6 +82,9 @@ impl IntoResponse for IssuerError {
             }
             Self::Forbidden => (StatusCode::FORBIDDEN, "forbidden", "the policy does not allow this call".into()),
             Self::NotFound => (StatusCode::NOT_FOUND, "not_found", "no such user".into()),
+            Self::AuditSpoolFull(full) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", full.to_string())
+            }
             Self::NoSigningKey | Self::Store(_) | Self::Internal(_) => {
                 tracing::error!(error = %self, "issuer request failed");
                 (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "try again later".into())
@@ -93,6 +99,9 @@ impl IntoResponse for IssuerError {
             }
             Self::Busy => {
                 headers.insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            }
+            Self::AuditSpoolFull(_) => {
+                headers.insert(header::RETRY_AFTER, header::HeaderValue::from_static("30"));
             }
             Self::Unauthenticated(IdentityError::Missing) => {
                 headers.insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer realm=\"qiria\""));

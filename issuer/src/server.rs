@@ -125,6 +125,7 @@ impl qiria_runtime::admin::AdminState for Service {
     fn metrics(&self) -> String {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        qiria_runtime::siem::render_metrics(&mut out);
         out
     }
 

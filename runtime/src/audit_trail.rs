@@ -350,6 +350,7 @@ struct Entry {
 /// own (the file's `fdatasync` never runs on a request's thread).
 pub struct TrailLayer {
     sender: SyncSender<Entry>,
+    head: u64,
 }
 
 impl TrailLayer {
@@ -357,16 +358,23 @@ impl TrailLayer {
     pub fn start(path: PathBuf, service: &str, key_dir: &Path, checkpoint_every: u64) -> io::Result<Self> {
         let key = load_key(key_dir)?;
         let mut trail = Trail::open(&path, service, key, checkpoint_every)?;
+        let head = trail.head.seq;
         let (sender, receiver): (SyncSender<Entry>, Receiver<Entry>) = sync_channel(QUEUE);
         std::thread::Builder::new().name("audit-trail".into()).spawn(move || {
             for entry in receiver {
-                if let Err(error) = trail.append(&entry.event, entry.fields) {
+                match trail.append(&entry.event, entry.fields) {
+                    Ok(()) => crate::siem::appended(trail.head.seq),
                     // Nothing else can be done from here: say so where operators look.
-                    eprintln!("qiria audit trail {}: append failed: {error}", path.display());
+                    Err(error) => eprintln!("qiria audit trail {}: append failed: {error}", path.display()),
                 }
             }
         })?;
-        Ok(Self { sender })
+        Ok(Self { sender, head })
+    }
+
+    /// The last record on disk when the trail was opened (its opening checkpoint).
+    pub fn head(&self) -> u64 {
+        self.head
     }
 }
 

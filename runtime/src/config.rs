@@ -104,6 +104,8 @@ pub struct LogConfig {
     pub audit_key_dir: std::path::PathBuf,
     /// A signed checkpoint after this many records.
     pub audit_checkpoint_every: u64,
+    /// `[log.siem]`: the audit trail delivered to the SIEM over RELP on mutual TLS.
+    pub siem: Option<crate::siem::SiemConfig>,
 }
 
 impl Default for LogConfig {
@@ -115,6 +117,7 @@ impl Default for LogConfig {
             audit_trail: None,
             audit_key_dir: "/var/run/secrets/qiria/audit-key".into(),
             audit_checkpoint_every: 100,
+            siem: None,
         }
     }
 }

@@ -19,5 +19,6 @@ pub mod net;
 pub mod rate;
 pub mod secret_dir;
 pub mod shutdown;
+pub mod siem;
 pub mod thread_slot;
 pub mod watch;

@@ -1,6 +1,7 @@
 //! Logging setup: one line per event on standard error, JSON by default (for collectors),
 //! text for humans; the level is a `tracing` filter from configuration. With an audit trail
-//! configured, every audit event is also appended to it (`audit_trail`), whatever the level.
+//! configured, every audit event is also appended to it (`audit_trail`), whatever the level,
+//! and with `log.siem` the trail is delivered to the SIEM (`siem`).
 
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
@@ -19,11 +20,20 @@ pub fn init(config: &LogConfig, service: &str) -> std::io::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let trail = match &config.audit_trail {
-        Some(path) => Some(
-            TrailLayer::start(path.clone(), service, &config.audit_key_dir, config.audit_checkpoint_every)
-                .map_err(|e| std::io::Error::new(e.kind(), format!("audit trail {}: {e}", path.display())))?
-                .with_filter(tracing_subscriber::filter::filter_fn(|m| m.target() == "qiria::audit")),
-        ),
+        Some(path) => {
+            let layer = TrailLayer::start(path.clone(), service, &config.audit_key_dir, config.audit_checkpoint_every)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("audit trail {}: {e}", path.display())))?;
+            if let Some(siem) = &config.siem {
+                crate::siem::start(path, layer.head(), service, siem)?;
+            }
+            Some(layer.with_filter(tracing_subscriber::filter::filter_fn(|m| m.target() == "qiria::audit")))
+        }
+        None if config.siem.is_some() => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "log.siem delivers the audit trail: set log.audit_trail too",
+            ))
+        }
         None => None,
     };
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);

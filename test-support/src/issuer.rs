@@ -101,6 +101,15 @@ impl Issuer {
         issuer
     }
 
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let url = format!("http://127.0.0.1:{}/metrics", self.admin_port);
+        match reqwest::get(url).await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
     /// The `/health` document.
     pub async fn health(&self) -> serde_json::Value {
         crate::health(self.admin_port).await

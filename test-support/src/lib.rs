@@ -12,6 +12,7 @@ pub mod kestra;
 pub mod postgres;
 pub mod process;
 pub mod recorder;
+pub mod siem;
 pub mod tls;
 pub mod tokens;
 pub mod upstream;

@@ -58,6 +58,13 @@ impl Process {
         }
     }
 
+    /// Waits for it to exit on its own (after a signal the caller sent).
+    pub fn wait(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+    }
+
     /// Panics with the process output: for setup steps that must succeed.
     pub fn fail(&self, what: &str) -> ! {
         panic!("{} {what}; its output:\n{}", self.name, self.output())
