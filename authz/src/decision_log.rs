@@ -15,6 +15,10 @@
 //! configured `mask` list, and the bundle's own `data.system.log.mask` rule as OPA reads it
 //! (a set of pointers to erase, or of `{"op": "upsert", "path", "value"}` to replace). When
 //! the mask rule fails, the whole input is erased: a log never holds what it was told to hide.
+//!
+//! The same thread records each denial as an audit event (`access_denied`: decision id,
+//! subject, method, path, status, reason), so that the audit trail has them without the Check
+//! thread ever waiting for it.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -54,6 +58,8 @@ const MASK_RULE: &str = "data.system.log.mask";
 const REQUEST_ID_HEADER: &str = "x-request-id";
 /// Longest request id logged (it comes from the client).
 const MAX_REQUEST_ID: usize = 128;
+/// Longest path an audit record repeats (it comes from the client).
+const MAX_AUDITED_PATH: usize = 2048;
 /// Events written in one `write`.
 const BATCH: usize = 256;
 
@@ -207,6 +213,9 @@ impl Writer {
             let mut n = 0;
             for (ticket, request) in std::iter::once(first).chain(receiver.try_iter().take(BATCH - 1)) {
                 self.counters.queued.fetch_sub(1, Relaxed);
+                if !ticket.allowed {
+                    audit_denial(&ticket, &request);
+                }
                 let event = self.event(&ticket, &request);
                 if serde_json::to_writer(&mut batch, &event).is_ok() {
                     batch.push(b'\n');
@@ -330,6 +339,29 @@ impl Writer {
             }
         }
     }
+}
+
+/// A denial as an audit event, from this thread: when the trail is slow this thread waits,
+/// the queue fills and events are dropped (counted) — a decision never waits for the trail.
+fn audit_denial(ticket: &Ticket, request: &CheckRequest) {
+    let http = request.attributes.as_ref().and_then(|a| a.request.as_ref()).and_then(|r| r.http.as_ref());
+    let method = http.map(|h| h.method.as_str()).unwrap_or_default();
+    let path = http.map(|h| h.path.split('?').next().unwrap_or_default()).unwrap_or_default();
+    let path: String = path.chars().take(MAX_AUDITED_PATH).collect();
+    let reason = match (&ticket.outcome, ticket.identity) {
+        (Err(failure), _) => failure.code,
+        (Ok(_), Err(error)) => error.code(),
+        (Ok(_), Ok(())) => "forbidden",
+    };
+    qiria_runtime::audit::record(qiria_runtime::audit::AuditEvent::AccessDenied {
+        decision_id: &ticket.decision_id,
+        subject: ticket.subject.as_deref(),
+        method,
+        path: &path,
+        status: ticket.status,
+        reason,
+        shadow: ticket.shadow,
+    });
 }
 
 /// The decision rule's value as the event's `result`: `true`/`false` for a plain decision,

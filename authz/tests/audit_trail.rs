@@ -1,6 +1,7 @@
 //! The tamper-evident audit trail as an operator keeps it: authz behind the real Envoy writes
 //! its audit events (key set and policy activations, a refused reload) into a hash-chained
-//! JSONL trail with checkpoints signed by its own audit key, and `qiria-audit verify` finds a
+//! JSONL trail with checkpoints signed by its own audit key (denials too, by decision id), and
+//! `qiria-audit verify` finds a
 //! clean trail intact and names the first bad record of every tampered copy — edited, removed,
 //! inserted, reordered, cut from the end (against the checkpoint the SIEM holds), or checked
 //! against another key (a forged checkpoint).
@@ -10,6 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use qiria_test_support::authz::Stack;
+use qiria_test_support::call::Protocol::Http1;
 use qiria_test_support::{binary, wait_until, workspace_root};
 
 fn audit(args: &[&str]) -> (i32, String) {
@@ -76,6 +78,20 @@ async fn authz_keeps_a_trail_that_verifies_and_every_tampering_is_named() {
     })
     .await;
     assert!(complete, "not every activation was recorded: {:#?}", lines(&trail));
+    // A denial is an audit record too, joined to its decision by the decision id.
+    let denied = stack.send(Http1, "GET", "/v1/jobs/42?token=not-for-the-trail", None, &[]).await;
+    assert_eq!(denied.status, 401);
+    let decision_id = denied.decision_key().expect("a decision id");
+    let audited = wait_until(Duration::from_secs(10), || async {
+        lines(&trail).iter().any(|l| l.contains("\"event\":\"access_denied\"") && l.contains(&decision_id))
+    })
+    .await;
+    assert!(audited, "no access_denied record for {decision_id}: {:#?}", lines(&trail));
+    let record = lines(&trail).into_iter().find(|l| l.contains(&decision_id)).expect("the record");
+    let record: serde_json::Value = serde_json::from_str(&record).expect("json");
+    assert_eq!(record["fields"]["path"], "/v1/jobs/42", "no query string: {record}");
+    assert_eq!(record["fields"]["reason"], "missing");
+    assert_eq!(record["fields"]["status"], 401);
     drop(stack);
 
     let records = lines(&trail);

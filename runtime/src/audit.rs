@@ -104,6 +104,22 @@ pub enum AuditEvent<'a> {
         /// Client address.
         client_ip: &'a str,
     },
+    /// authz denied a request (or would have: shadow mode).
+    AccessDenied {
+        /// The decision id (the decision log's event, Envoy's access log).
+        decision_id: &'a str,
+        /// The verified subject, if the token was valid.
+        subject: Option<&'a str>,
+        /// HTTP method and path (no query string).
+        method: &'a str,
+        path: &'a str,
+        /// The status sent (or that would have been).
+        status: u16,
+        /// Why: the identity error, `forbidden`, or the evaluation error's code.
+        reason: &'a str,
+        /// Shadow mode: logged, not enforced.
+        shadow: bool,
+    },
     /// A job was accepted by the worker-gateway.
     JobSubmitted {
         /// The job id.
@@ -267,6 +283,9 @@ pub fn record(event: AuditEvent<'_>) {
         }
         AuditEvent::AdminRefused { actor, operation, reason, client_ip } => {
             warn!(target: "qiria::audit", event = "admin_refused", actor, operation, reason, client_ip)
+        }
+        AuditEvent::AccessDenied { decision_id, subject, method, path, status, reason, shadow } => {
+            info!(target: "qiria::audit", event = "access_denied", decision_id, subject, method, path, status, reason, shadow)
         }
     }
 }
