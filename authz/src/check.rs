@@ -169,14 +169,17 @@ impl Authorizer {
         let revision = bundle.as_ref().map(|b| b.revision()).unwrap_or_default();
         let http = request.attributes.as_ref().and_then(|a| a.request.as_ref()).and_then(|r| r.http.as_ref());
         let authorization = http.and_then(|h| h.headers.get("authorization")).map(String::as_str);
-        let identity = self.verifier.verify_header(authorization);
+        let identity = tracing::info_span!(target: "qiria::trace", "verify_token")
+            .in_scope(|| self.verifier.verify_header(authorization));
 
         let mut cached = false;
         let evaluating = Instant::now();
-        let evaluated = bundle
-            .as_deref()
-            .ok_or(Denial::NoPolicy)
-            .and_then(|bundle| self.decide(bundle, request, http, &identity, &mut cached));
+        let evaluated = tracing::info_span!(target: "qiria::trace", "evaluate_policy").in_scope(|| {
+            bundle
+                .as_deref()
+                .ok_or(Denial::NoPolicy)
+                .and_then(|bundle| self.decide(bundle, request, http, &identity, &mut cached))
+        });
         let eval = if cached { std::time::Duration::ZERO } else { evaluating.elapsed() };
         let logged_outcome = self.log.as_ref().map(|_| match &evaluated {
             Ok(decision) => Ok(decision.clone()),
@@ -420,13 +423,69 @@ pub struct CheckService(pub Arc<Authorizer>);
 #[tonic::async_trait]
 impl Authorization for CheckService {
     async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
-        // A span per Check for the tracing pipeline (OpenTelemetry joins it to Envoy's trace);
-        // at the default `info` level it is disabled and costs a branch.
-        let _span = tracing::debug_span!("ext_authz.check").entered();
-        let (response, ticket) = self.0.check(request.get_ref());
+        // The span Envoy's trace continues in (W3C `traceparent` among the request's headers);
+        // disabled, and nearly free, unless traces are exported.
+        let span = tracing::info_span!(
+            target: "qiria::trace",
+            "ext_authz.check",
+            otel.kind = "server",
+            qiria.decision = tracing::field::Empty,
+            qiria.status = tracing::field::Empty,
+            qiria.reason = tracing::field::Empty,
+            qiria.revision = tracing::field::Empty,
+            qiria.decision_id = tracing::field::Empty,
+        );
+        if !span.is_disabled() {
+            continue_trace(&span, &request);
+        }
+        let (response, ticket) = span.in_scope(|| self.0.check(request.get_ref()));
+        if !span.is_disabled() {
+            record_decision(&span, &response, &self.0.policy);
+        }
         if let Some(ticket) = ticket {
             self.0.log(ticket, request.into_inner());
         }
         Ok(Response::new(response))
+    }
+}
+
+/// The trace `request` belongs to: Envoy's ext_authz call carries its own span's
+/// `traceparent` in the gRPC metadata; without it, the HTTP request's (a client's or an
+/// outer proxy's).
+fn continue_trace(span: &tracing::Span, request: &Request<CheckRequest>) {
+    let mut trace: HashMap<String, String> = HashMap::new();
+    for name in ["traceparent", "tracestate"] {
+        if let Some(value) = request.metadata().get(name).and_then(|v| v.to_str().ok()) {
+            trace.insert(name.to_owned(), value.to_owned());
+        }
+    }
+    if trace.contains_key("traceparent") {
+        qiria_runtime::telemetry::continue_trace(span, &trace);
+        return;
+    }
+    let http = request.get_ref().attributes.as_ref().and_then(|a| a.request.as_ref()).and_then(|r| r.http.as_ref());
+    if let Some(http) = http {
+        qiria_runtime::telemetry::continue_trace(span, &http.headers);
+    }
+}
+
+/// The decision on its span: outcome, status, reason, bundle revision, decision id.
+fn record_decision(span: &tracing::Span, response: &CheckResponse, policy: &LivePolicy) {
+    let (decision, status) = match &response.http_response {
+        Some(HttpResponse::OkResponse(_)) => ("allow", 200),
+        Some(HttpResponse::DeniedResponse(denied)) => ("deny", denied.status.as_ref().map_or(403, |s| s.code)),
+        Some(HttpResponse::ErrorResponse(_)) | None => ("deny", 403),
+    };
+    span.record("qiria.decision", decision);
+    span.record("qiria.status", status);
+    if let Some(reason) = response.status.as_ref().map(|s| s.message.as_str()).filter(|m| !m.is_empty()) {
+        span.record("qiria.reason", reason);
+    }
+    if let Some(bundle) = policy.current().as_ref() {
+        span.record("qiria.revision", bundle.revision());
+    }
+    let id = response.dynamic_metadata.as_ref().and_then(|m| m.fields.get(DECISION_ID_KEY));
+    if let Some(Kind::StringValue(id)) = id.and_then(|v| v.kind.as_ref()) {
+        span.record("qiria.decision_id", id.as_str());
     }
 }

@@ -38,5 +38,6 @@ fn serve(args: cli::ServeArgs) -> anyhow::Result<ExitCode> {
     qiria_runtime::logging::init(&config.log, "authz")?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async { authz::server::run(config, Shutdown::on(os_signal())).await })?;
+    qiria_runtime::telemetry::shutdown();
     Ok(ExitCode::SUCCESS)
 }

@@ -106,6 +106,8 @@ pub struct LogConfig {
     pub audit_checkpoint_every: u64,
     /// `[log.siem]`: the audit trail delivered to the SIEM over RELP on mutual TLS.
     pub siem: Option<crate::siem::SiemConfig>,
+    /// `[log.tracing]`: spans exported over OTLP.
+    pub tracing: crate::telemetry::TracingConfig,
 }
 
 impl Default for LogConfig {
@@ -118,6 +120,7 @@ impl Default for LogConfig {
             audit_key_dir: "/var/run/secrets/qiria/audit-key".into(),
             audit_checkpoint_every: 100,
             siem: None,
+            tracing: crate::telemetry::TracingConfig::default(),
         }
     }
 }

@@ -20,5 +20,6 @@ pub mod rate;
 pub mod secret_dir;
 pub mod shutdown;
 pub mod siem;
+pub mod telemetry;
 pub mod thread_slot;
 pub mod watch;

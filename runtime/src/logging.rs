@@ -19,6 +19,17 @@ pub fn init(config: &LogConfig, service: &str) -> std::io::Result<()> {
     std::panic::set_hook(Box::new(|info| tracing::error!(target: "qiria::panic", panic = %info, "panic")));
     let filter = tracing_subscriber::EnvFilter::try_new(&config.level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // The exported spans are the tracing layer's alone: in the log they would only add
+    // fields to every line (and cost a span per request with tracing off).
+    let filter = match format!("{}=off", crate::telemetry::TARGET).parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    };
+    let traces = crate::telemetry::tracer(&config.tracing, service)?.map(|tracer| {
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_filter(tracing_subscriber::filter::filter_fn(|m| m.target() == crate::telemetry::TARGET))
+    });
     let trail = match &config.audit_trail {
         Some(path) => {
             let layer = TrailLayer::start(path.clone(), service, &config.audit_key_dir, config.audit_checkpoint_every)
@@ -41,6 +52,6 @@ pub fn init(config: &LogConfig, service: &str) -> std::io::Result<()> {
         LogFormat::Json => fmt.json().flatten_event(true).with_filter(filter).boxed(),
         LogFormat::Text => fmt.with_filter(filter).boxed(),
     };
-    tracing_subscriber::registry().with(fmt).with(trail).init();
+    tracing_subscriber::registry().with(fmt).with(trail).with(traces).init();
     Ok(())
 }

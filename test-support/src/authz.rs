@@ -205,7 +205,13 @@ impl Stack {
 
     /// `issuer`: `None` for no issuer, else its database (`None`: SQLite) and config file.
     async fn build(authz_bin: &str, policy_src: &Path, extra: &[&str], issuer: Option<(Option<&str>, &str)>) -> Self {
-        Self::build_with(authz_bin, policy_src, extra, issuer, None).await
+        Self::build_with(authz_bin, policy_src, extra, issuer, None, None).await
+    }
+
+    /// [`Self::with_policy`] with Envoy's OpenTelemetry tracer exporting to the OTLP receiver
+    /// at `otlp_port` (authz's own export is its config's, in `extra`).
+    pub async fn with_tracing(authz_bin: &str, policy_src: &Path, extra: &[&str], otlp_port: u16) -> Self {
+        Self::build_with(authz_bin, policy_src, extra, None, None, Some(otlp_port)).await
     }
 
     /// The shipped policy with the worker-gateway behind Envoy's job API route.
@@ -216,7 +222,7 @@ impl Stack {
     /// A policy directory (a copy is used by authz and the gateway alike) and `gateway_toml`
     /// added to the gateway's config file (e.g. its `[kestra]` section).
     pub async fn with_gateway_config(authz_bin: &str, policy_src: &Path, gateway_toml: &str) -> Self {
-        Self::build_with(authz_bin, policy_src, &[], None, Some(gateway_toml)).await
+        Self::build_with(authz_bin, policy_src, &[], None, Some(gateway_toml), None).await
     }
 
     async fn build_with(
@@ -225,6 +231,7 @@ impl Stack {
         extra: &[&str],
         issuer: Option<(Option<&str>, &str)>,
         gateway: Option<&str>,
+        otlp_port: Option<u16>,
     ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let keys_dir = dir.path().join("keys");
@@ -253,9 +260,8 @@ impl Stack {
         };
         let upstream = EchoUpstream::start().await;
         let ports = issuer.as_ref().map(|i| (i.token_port, i.admin_api_port));
-        let envoy =
-            Envoy::start_with_gateway(authz.grpc_port, upstream.port, ports, gateway.as_ref().map(|g| g.grpc_port))
-                .await;
+        let gateway_port = gateway.as_ref().map(|g| g.grpc_port);
+        let envoy = Envoy::start_full(authz.grpc_port, upstream.port, ports, gateway_port, otlp_port).await;
         Self { key, keys_dir, policy_dir, authz, issuer, gateway, upstream, envoy, _dir: dir }
     }
 

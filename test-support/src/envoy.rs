@@ -93,6 +93,18 @@ impl Envoy {
         issuer: Option<(u16, u16)>,
         gateway_port: Option<u16>,
     ) -> Self {
+        Self::start_full(authz_port, upstream_port, issuer, gateway_port, None).await
+    }
+
+    /// [`Self::start_with_gateway`] with Envoy's OpenTelemetry tracer exporting every request's
+    /// trace to the OTLP receiver at `otlp_port` (the template's `tracing` blocks).
+    pub async fn start_full(
+        authz_port: u16,
+        upstream_port: u16,
+        issuer: Option<(u16, u16)>,
+        gateway_port: Option<u16>,
+        otlp_port: Option<u16>,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let (port, admin_port) = (free_port(), free_port());
         let access_log = dir.path().join("access.log");
@@ -107,9 +119,11 @@ impl Envoy {
                 ("ISSUER_ADMIN_PORT", issuer.map_or_else(free_port, |i| i.1).to_string()),
                 ("GATEWAY_PORT", gateway_port.unwrap_or(upstream_port).to_string()),
                 ("ACCESS_LOG", access_log.display().to_string()),
+                ("OTLP_PORT", otlp_port.unwrap_or(0).to_string()),
             ],
         );
         let config = if gateway_port.is_some() { config } else { without_blocks(&config, "gateway-rest") };
+        let config = if otlp_port.is_some() { config } else { without_blocks(&config, "tracing") };
         Self::launch(dir, &config, port, admin_port).await
     }
 

@@ -9,6 +9,7 @@ pub mod gateway;
 pub mod issuer;
 pub mod jobs;
 pub mod kestra;
+pub mod otlp;
 pub mod postgres;
 pub mod process;
 pub mod recorder;

@@ -1,0 +1,155 @@
+//! Traces: the spans of the `qiria::trace` target, exported over OTLP/gRPC
+//! (`[log.tracing]`, or the standard `OTEL_EXPORTER_OTLP_ENDPOINT`,
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, `OTEL_TRACES_SAMPLER`/`_ARG`, `OTEL_SERVICE_NAME`,
+//! `OTEL_SDK_DISABLED`), and the W3C `traceparent` read from a request's headers so that a
+//! service's spans sit inside its caller's trace.
+//!
+//! With no endpoint, no exporter is built and the `qiria::trace` spans are disabled for every
+//! layer: a span macro on a request path then costs one cached branch. Sampling is parent
+//! based: a request whose caller sampled it (Envoy's `traceparent` flag) is traced, one whose
+//! caller did not is not, and a root is sampled at `sample_ratio`.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider};
+use serde::{Deserialize, Serialize};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+/// The target of every span that is exported.
+pub const TARGET: &str = "qiria::trace";
+
+/// `[log.tracing]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracingConfig {
+    /// The OTLP/gRPC collector, e.g. `http://otel-collector:4317`; empty: the
+    /// `OTEL_EXPORTER_OTLP_*` variables, else no tracing.
+    pub endpoint: String,
+    /// The share of root traces sampled (a caller's decision wins), unless
+    /// `OTEL_TRACES_SAMPLER` says otherwise.
+    pub sample_ratio: f64,
+    /// How long finished spans wait to be exported together.
+    pub batch_delay_ms: u64,
+    /// Finished spans held for export at most; more are dropped.
+    pub max_queue: usize,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        Self { endpoint: String::new(), sample_ratio: 0.01, batch_delay_ms: 5000, max_queue: 2048 }
+    }
+}
+
+/// The exporter's own runtime (its gRPC connection needs one) and the provider, kept for the
+/// process's life.
+struct Exporting {
+    _runtime: tokio::runtime::Runtime,
+    provider: SdkTracerProvider,
+}
+
+static EXPORTING: OnceLock<Exporting> = OnceLock::new();
+
+/// Whether traces are exported at all.
+pub fn enabled(config: &TracingConfig) -> bool {
+    let env = |name: &str| std::env::var(name).is_ok_and(|v| !v.is_empty());
+    let disabled = std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
+    !disabled
+        && (!config.endpoint.is_empty()
+            || env("OTEL_EXPORTER_OTLP_ENDPOINT")
+            || env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+}
+
+/// The tracer that exports `service`'s spans, when tracing is enabled.
+pub(crate) fn tracer(
+    config: &TracingConfig,
+    service: &str,
+) -> std::io::Result<Option<opentelemetry_sdk::trace::Tracer>> {
+    if !enabled(config) {
+        return Ok(None);
+    }
+    if !(0.0..=1.0).contains(&config.sample_ratio) {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "log.tracing.sample_ratio: 0.0 to 1.0"));
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("otlp-export")
+        .enable_all()
+        .build()?;
+    let provider = runtime.block_on(async {
+        let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+        if !config.endpoint.is_empty() {
+            exporter = exporter.with_endpoint(config.endpoint.clone());
+        }
+        let exporter = exporter.with_timeout(Duration::from_secs(5)).build().map_err(std::io::Error::other)?;
+        let batch = BatchConfigBuilder::default()
+            .with_scheduled_delay(Duration::from_millis(config.batch_delay_ms))
+            .with_max_queue_size(config.max_queue)
+            .build();
+        let name = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| format!("qiria-{service}"));
+        let resource = opentelemetry_sdk::Resource::builder().with_service_name(name).build();
+        let mut builder = SdkTracerProvider::builder()
+            .with_span_processor(BatchSpanProcessor::builder(exporter).with_batch_config(batch).build())
+            .with_resource(resource);
+        if std::env::var("OTEL_TRACES_SAMPLER").is_err() {
+            let root = Sampler::TraceIdRatioBased(config.sample_ratio);
+            builder = builder.with_sampler(Sampler::ParentBased(Box::new(root)));
+        }
+        Ok::<_, std::io::Error>(builder.build())
+    })?;
+    let tracer = provider.tracer("qiria");
+    let _ = EXPORTING.set(Exporting { _runtime: runtime, provider });
+    Ok(Some(tracer))
+}
+
+/// Exports what is left (at exit).
+pub fn shutdown() {
+    if let Some(exporting) = EXPORTING.get() {
+        let _ = exporting.provider.force_flush();
+    }
+}
+
+/// Headers as OpenTelemetry's propagator reads them (names in lower case, as Envoy sends
+/// them in a `CheckRequest` and HTTP/2 carries them).
+struct Headers<'a>(&'a HashMap<String, String>);
+
+impl Extractor for Headers<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(String::as_str).collect()
+    }
+}
+
+/// Makes `span` a child of the trace in `headers` (W3C `traceparent`/`tracestate`); nothing
+/// when there is none or the span is disabled.
+pub fn continue_trace(span: &tracing::Span, headers: &HashMap<String, String>) {
+    if span.is_disabled() || !headers.contains_key("traceparent") {
+        return;
+    }
+    let parent = TraceContextPropagator::new().extract(&Headers(headers));
+    let _ = span.set_parent(parent);
+}
+
+/// The `traceparent` (and `tracestate`) that carries `span`'s trace to a callee.
+pub fn trace_headers(span: &tracing::Span) -> Vec<(String, String)> {
+    struct Out(Vec<(String, String)>);
+    impl Injector for Out {
+        fn set(&mut self, key: &str, value: String) {
+            self.0.push((key.to_owned(), value));
+        }
+    }
+    if span.is_disabled() {
+        return Vec::new();
+    }
+    let mut out = Out(Vec::new());
+    TraceContextPropagator::new().inject_context(&span.context(), &mut out);
+    out.0
+}
