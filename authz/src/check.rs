@@ -453,12 +453,7 @@ impl Authorization for CheckService {
 /// `traceparent` in the gRPC metadata; without it, the HTTP request's (a client's or an
 /// outer proxy's).
 fn continue_trace(span: &tracing::Span, request: &Request<CheckRequest>) {
-    let mut trace: HashMap<String, String> = HashMap::new();
-    for name in ["traceparent", "tracestate"] {
-        if let Some(value) = request.metadata().get(name).and_then(|v| v.to_str().ok()) {
-            trace.insert(name.to_owned(), value.to_owned());
-        }
-    }
+    let trace = qiria_runtime::telemetry::trace_context(|name| request.metadata().get(name)?.to_str().ok());
     if trace.contains_key("traceparent") {
         qiria_runtime::telemetry::continue_trace(span, &trace);
         return;

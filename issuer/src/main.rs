@@ -47,5 +47,6 @@ fn serve(args: cli::ServeArgs) -> anyhow::Result<ExitCode> {
     qiria_runtime::logging::init(&config.log, "issuer")?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async { issuer::server::run(config, Shutdown::on(os_signal())).await })?;
+    qiria_runtime::telemetry::shutdown();
     Ok(ExitCode::SUCCESS)
 }

@@ -87,8 +87,11 @@ pub(crate) fn tracer(
             exporter = exporter.with_endpoint(config.endpoint.clone());
         }
         let exporter = exporter.with_timeout(Duration::from_secs(5)).build().map_err(std::io::Error::other)?;
+        // The standard variable wins over the config, as it does for the other settings.
+        let delay =
+            std::env::var("OTEL_BSP_SCHEDULE_DELAY").ok().and_then(|v| v.parse().ok()).unwrap_or(config.batch_delay_ms);
         let batch = BatchConfigBuilder::default()
-            .with_scheduled_delay(Duration::from_millis(config.batch_delay_ms))
+            .with_scheduled_delay(Duration::from_millis(delay))
             .with_max_queue_size(config.max_queue)
             .build();
         let name = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| format!("qiria-{service}"));
@@ -126,6 +129,26 @@ impl Extractor for Headers<'_> {
     fn keys(&self) -> Vec<&str> {
         self.0.keys().map(String::as_str).collect()
     }
+}
+
+/// The trace context among a request's headers or metadata (`get` looks a name up).
+pub fn trace_context<'a>(get: impl Fn(&str) -> Option<&'a str>) -> HashMap<String, String> {
+    ["traceparent", "tracestate"]
+        .into_iter()
+        .filter_map(|name| get(name).map(|value| (name.to_owned(), value.to_owned())))
+        .collect()
+}
+
+/// A span continues the trace whose `traceparent` a job recorded (empty: none).
+pub fn continue_recorded(span: &tracing::Span, traceparent: &str) {
+    if !traceparent.is_empty() {
+        continue_trace(span, &HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]));
+    }
+}
+
+/// The `traceparent` that carries `span`'s trace, or an empty string.
+pub fn traceparent(span: &tracing::Span) -> String {
+    trace_headers(span).into_iter().find(|(name, _)| name == "traceparent").map(|(_, v)| v).unwrap_or_default()
 }
 
 /// Makes `span` a child of the trace in `headers` (W3C `traceparent`/`tracestate`); nothing

@@ -55,7 +55,9 @@ fn main() -> ExitCode {
     let result = Config::load(args.config.as_deref(), overrides).map_err(anyhow::Error::from).and_then(|config| {
         qiria_runtime::logging::init(&config.log, "scripting-worker")?;
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-        runtime.block_on(async { scripting_worker::server::run(config, Shutdown::on(os_signal())).await })
+        let served = runtime.block_on(async { scripting_worker::server::run(config, Shutdown::on(os_signal())).await });
+        qiria_runtime::telemetry::shutdown();
+        served
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

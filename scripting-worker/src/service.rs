@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument as _;
 
 use qiria_runtime::audit::{self, AuditEvent};
 use sha2::{Digest, Sha256};
@@ -30,6 +31,25 @@ pub(crate) struct Runner<B> {
 #[tonic::async_trait]
 impl<B: Backend + Clone> ScriptRunner for Runner<B> {
     async fn run(&self, request: Request<RunRequest>) -> Result<Response<RunResult>, Status> {
+        // The run is a span of the job's trace (the gateway's `traceparent`).
+        let span = tracing::info_span!(
+            target: "qiria::trace",
+            "script.run",
+            otel.kind = "server",
+            qiria.job = %request.get_ref().job_id,
+            qiria.exit_code = tracing::field::Empty,
+            qiria.limits_hit = tracing::field::Empty,
+        );
+        if !span.is_disabled() {
+            let trace = qiria_runtime::telemetry::trace_context(|name| request.metadata().get(name)?.to_str().ok());
+            qiria_runtime::telemetry::continue_trace(&span, &trace);
+        }
+        self.serve(request).instrument(span).await
+    }
+}
+
+impl<B: Backend + Clone> Runner<B> {
+    async fn serve(&self, request: Request<RunRequest>) -> Result<Response<RunResult>, Status> {
         let caller = match crate::peer::allowed_identity(&request, &self.allowed_clients) {
             Ok(caller) => caller,
             Err(error) => {
@@ -89,6 +109,9 @@ impl<B: Backend + Clone> ScriptRunner for Runner<B> {
             Metrics::count(&self.metrics.limits, limit.name());
         }
         Metrics::count(&self.metrics.runs, if limits_hit.is_empty() { "exited" } else { "limited" });
+        let span = tracing::Span::current();
+        span.record("qiria.exit_code", report.exit_code.unwrap_or(-1));
+        span.record("qiria.limits_hit", limits_hit.join(",").as_str());
         audit::record(AuditEvent::ScriptRan {
             job: &request.job_id,
             run: &run_id,

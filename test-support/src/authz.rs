@@ -225,6 +225,12 @@ impl Stack {
         Self::build_with(authz_bin, policy_src, &[], None, Some(gateway_toml), None).await
     }
 
+    /// [`Self::with_gateway_config`] with Envoy's OpenTelemetry tracer exporting to the OTLP
+    /// receiver at `otlp_port` (the services export where their environment says).
+    pub async fn with_gateway_traced(authz_bin: &str, policy_src: &Path, gateway_toml: &str, otlp_port: u16) -> Self {
+        Self::build_with(authz_bin, policy_src, &[], None, Some(gateway_toml), Some(otlp_port)).await
+    }
+
     async fn build_with(
         authz_bin: &str,
         policy_src: &Path,
@@ -304,4 +310,17 @@ pub fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(entry.path(), &target).expect("copy file");
         }
     }
+}
+
+/// A copy of the shipped policy under `dir` whose flow allowlist (`data.flows`) is `flows`
+/// (JSON: namespace → flow → permission).
+pub fn policy_with_flows(dir: &Path, flows: &str) -> PathBuf {
+    let policy = dir.join("policy-src");
+    copy_dir(&workspace_root().join("policies/rego"), &policy);
+    let data_path = policy.join("qiria/data.json");
+    let mut data: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&data_path).expect("data")).expect("json");
+    data["flows"] = serde_json::from_str(flows).expect("flows JSON");
+    std::fs::write(&data_path, data.to_string()).expect("write data");
+    policy
 }

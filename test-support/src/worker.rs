@@ -226,3 +226,14 @@ impl ScriptingWorker {
         crate::health(self.admin_port).await
     }
 }
+
+/// The gateway's client certificate for the worker (from `pki`), where a gateway's
+/// `[scripts]` section reads it: `dir/gateway-worker-tls`.
+pub fn gateway_tls(pki: &TestPki, dir: &Path) -> PathBuf {
+    let tls = dir.join("gateway-worker-tls");
+    std::fs::create_dir_all(&tls).expect("tls dir");
+    std::fs::write(tls.join("ca.crt"), &pki.ca_pem).expect("ca");
+    std::fs::write(tls.join("tls.crt"), &pki.client_cert_pem).expect("cert");
+    std::fs::write(tls.join("tls.key"), &pki.client_key_pem).expect("key");
+    tls
+}

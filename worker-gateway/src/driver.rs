@@ -18,6 +18,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use futures_util::StreamExt;
 use qiria_runtime::audit::{self, AuditEvent};
@@ -162,7 +163,12 @@ impl Driver {
         audit::record(AuditEvent::JobTriggered { job: &job.id, owner: &job.owner, flow: &flow, attempt });
         let mut labels: Vec<(String, String)> = work.labels.clone().into_iter().collect();
         labels.push((JOB_LABEL.to_string(), job.id.clone()));
-        match self.kestra.create(&job.namespace, &job.flow_id, &work.inputs, &labels).await {
+        let span = tracing::info_span!(target: "qiria::trace", "kestra.create_execution", otel.kind = "client", qiria.job = %job.id, qiria.flow = %flow, qiria.attempt = attempt);
+        qiria_runtime::telemetry::continue_recorded(&span, &work.traceparent);
+        let trace = qiria_runtime::telemetry::trace_headers(&span);
+        let created =
+            self.kestra.create(&job.namespace, &job.flow_id, &work.inputs, &labels, &trace).instrument(span).await;
+        match created {
             Ok(execution) => Some(self.adopt(work, execution).await),
             Err(error) => {
                 tracing::warn!(job = %job.id, attempt, %error, "create failed");

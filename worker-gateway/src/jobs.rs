@@ -347,6 +347,8 @@ pub struct ScriptWork {
     pub language: String,
     /// The script.
     pub body: String,
+    /// The trace its submission belongs to (W3C `traceparent`; empty: none).
+    pub traceparent: String,
     /// Times it was handed to the worker.
     pub attempts: i64,
     /// When it last was (ms since the epoch).
@@ -437,12 +439,14 @@ fn script_work(row: &AnyRow) -> Result<ScriptWork, sqlx::Error> {
     struct Payload {
         language: String,
         body: String,
+        traceparent: String,
     }
     let payload: Payload = payload(row)?;
     Ok(ScriptWork {
         job: job(row)?,
         language: payload.language,
         body: payload.body,
+        traceparent: payload.traceparent,
         attempts: row.try_get("attempts")?,
         last_attempt_ms: row.try_get("last_attempt_ms")?,
         cancel_requested_by: row.try_get("cancel_requested_by")?,
@@ -458,6 +462,8 @@ pub struct FlowWork {
     pub inputs: BTreeMap<String, String>,
     /// Its caller-given labels.
     pub labels: BTreeMap<String, String>,
+    /// The trace its submission belongs to (W3C `traceparent`; empty: none).
+    pub traceparent: String,
     /// Create attempts sent so far.
     pub attempts: i64,
     /// When the last was sent (ms since the epoch).
@@ -512,12 +518,14 @@ fn flow_work(row: &AnyRow) -> Result<FlowWork, sqlx::Error> {
     struct Payload {
         inputs: BTreeMap<String, String>,
         labels: BTreeMap<String, String>,
+        traceparent: String,
     }
     let payload: Payload = payload(row)?;
     Ok(FlowWork {
         job: job(row)?,
         inputs: payload.inputs,
         labels: payload.labels,
+        traceparent: payload.traceparent,
         attempts: row.try_get("attempts")?,
         last_attempt_ms: row.try_get("last_attempt_ms")?,
         attempt_pending: row.try_get::<i64, _>("attempt_pending")? != 0,

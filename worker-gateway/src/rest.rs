@@ -178,6 +178,12 @@ fn call<T>(headers: &HeaderMap, message: T) -> tonic::Request<T> {
     for value in headers.get_all(header::AUTHORIZATION) {
         metadata.append(header::AUTHORIZATION, value.clone());
     }
+    // The trace Envoy's request belongs to.
+    for name in ["traceparent", "tracestate"] {
+        if let Some(value) = headers.get(name) {
+            metadata.insert(name, value.clone());
+        }
+    }
     tonic::Request::from_parts(MetadataMap::from_headers(metadata), tonic::Extensions::default(), message)
 }
 

@@ -11,6 +11,7 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use qiria_runtime::audit::{self, AuditEvent};
 use qiria_runtime::shutdown::Shutdown;
@@ -184,7 +185,18 @@ impl ScriptDriver {
             RunRequest { job_id: work.job.id.clone(), language: work.language.clone(), body: work.body.clone() };
         let mut request = tonic::Request::new(request);
         request.set_timeout(self.settings.run_timeout);
-        let call = client.run(request);
+        let span =
+            tracing::info_span!(target: "qiria::trace", "sandbox.run", otel.kind = "client", qiria.job = %work.job.id);
+        qiria_runtime::telemetry::continue_recorded(&span, &work.traceparent);
+        for (name, value) in qiria_runtime::telemetry::trace_headers(&span) {
+            if let (Ok(name), Ok(value)) = (
+                tonic::metadata::MetadataKey::from_bytes(name.as_bytes()),
+                tonic::metadata::MetadataValue::try_from(value.as_str()),
+            ) {
+                request.metadata_mut().insert(name, value);
+            }
+        }
+        let call = client.run(request).instrument(span);
         tokio::pin!(call);
         let mut tick = tokio::time::interval(self.settings.poll);
         loop {

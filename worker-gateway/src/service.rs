@@ -12,6 +12,7 @@ use qiria_policy::LivePolicy;
 use qiria_runtime::audit;
 use qiria_runtime::rate::KeyedRateLimiter;
 use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
 
 use crate::access::{self, Scope};
 use crate::caller::{authenticate, authenticate_header, Caller};
@@ -100,7 +101,17 @@ impl Jobs {
         }
     }
 
-    async fn submit(&self, caller: &Caller, new: NewJob) -> std::result::Result<Job, GatewayError> {
+    async fn submit(
+        &self,
+        caller: &Caller,
+        mut new: NewJob,
+        trace: &tracing::Span,
+    ) -> std::result::Result<Job, GatewayError> {
+        // The job's later work (the Kestra call, the sandbox run) continues this trace.
+        let traceparent = qiria_runtime::telemetry::traceparent(trace);
+        if let (false, Some(payload)) = (traceparent.is_empty(), new.payload.as_object_mut()) {
+            payload.insert("traceparent".into(), serde_json::Value::String(traceparent));
+        }
         // Checked before the insert, not in it: concurrent submits of one user can pass it
         // together, so the bound holds to within that user's own concurrency.
         if self.store.live_count(&new.owner).await? >= i64::from(self.live_jobs) {
@@ -114,8 +125,25 @@ impl Jobs {
         } else {
             tracing::info!(job = %job.id, owner = %caller.subject, "same idempotency key: the existing job");
         }
+        trace.record("qiria.job", job.id.as_str());
         Ok(job)
     }
+}
+
+/// The span of a submit call, continuing the caller's trace (Envoy's `traceparent`).
+fn submit_span<T>(request: &Request<T>, kind: &'static str) -> tracing::Span {
+    let span = tracing::info_span!(
+        target: "qiria::trace",
+        "jobs.submit",
+        otel.kind = "server",
+        qiria.kind = kind,
+        qiria.job = tracing::field::Empty,
+    );
+    if !span.is_disabled() {
+        let trace = qiria_runtime::telemetry::trace_context(|name| request.metadata().get(name)?.to_str().ok());
+        qiria_runtime::telemetry::continue_trace(&span, &trace);
+    }
+    span
 }
 
 fn kind(job: &Job) -> &'static str {
@@ -135,6 +163,7 @@ fn idempotency_key(given: &str) -> std::result::Result<String, GatewayError> {
 #[tonic::async_trait]
 impl JobService for Jobs {
     async fn trigger_flow(&self, request: Request<TriggerFlowRequest>) -> Result<Job> {
+        let span = submit_span(&request, "flow");
         let caller = self.caller(&request)?;
         access::may_submit(&caller)?;
         let r = request.get_ref();
@@ -153,10 +182,11 @@ impl JobService for Jobs {
             reason: if self.driver.is_some() { FLOW_SENDING } else { FLOW_WAITS }.into(),
             payload: serde_json::json!({ "inputs": r.inputs, "labels": r.labels }),
         };
-        Ok(Response::new(self.submit(&caller, new).await?))
+        Ok(Response::new(self.submit(&caller, new, &span).instrument(span.clone()).await?))
     }
 
     async fn submit_script(&self, request: Request<SubmitScriptRequest>) -> Result<Job> {
+        let span = submit_span(&request, "script");
         let caller = self.caller(&request)?;
         access::may_submit(&caller)?;
         let r = request.get_ref();
@@ -170,7 +200,7 @@ impl JobService for Jobs {
             reason: if self.scripts.is_some() { SCRIPT_QUEUED } else { SCRIPT_WAITS }.into(),
             payload: serde_json::json!({ "language": r.language, "body": r.body }),
         };
-        Ok(Response::new(self.submit(&caller, new).await?))
+        Ok(Response::new(self.submit(&caller, new, &span).instrument(span.clone()).await?))
     }
 
     async fn get_job(&self, request: Request<GetJobRequest>) -> Result<Job> {

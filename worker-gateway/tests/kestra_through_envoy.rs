@@ -3,14 +3,13 @@
 //! watched to SUCCESS, an allowlist, cancels that kill the execution), what Kestra's errors
 //! become, and the exactly-once guarantee under lost answers, timeouts and a killed gateway.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use qiria_test_support::authz::{copy_dir, Stack};
+use qiria_test_support::authz::Stack;
 use qiria_test_support::gateway::Gateway;
 use qiria_test_support::jobs::{watch_to_end, with_token, Api};
 use qiria_test_support::kestra::{ForeignPki, KestraDouble, KestraOptions};
-use qiria_test_support::{wait_until, workspace_root};
+use qiria_test_support::wait_until;
 use serde_json::{json, Value};
 use tonic::Code;
 use worker_gateway::pb::job_service_client::JobServiceClient;
@@ -35,34 +34,6 @@ fn trigger(namespace: &str, flow: &str, inputs: &[(&str, &str)], key: &str) -> T
 const ALLOWLIST: &str = r#"{"qiria.demo": {"hello": "flows:trigger", "fails": "flows:trigger", "slow": "flows:trigger",
     "disabled": "flows:trigger", "missing": "flows:trigger"}, "qiria.secret": {"payroll": "flows:trigger"}}"#;
 
-/// A copy of the shipped policy whose allowlist is `flows`.
-fn policy_with_flows(dir: &Path, flows: &str) -> PathBuf {
-    let policy = dir.join("policy-src");
-    copy_dir(&workspace_root().join("policies/rego"), &policy);
-    let data_path = policy.join("qiria/data.json");
-    let mut data: Value = serde_json::from_str(&std::fs::read_to_string(&data_path).expect("data")).expect("json");
-    data["flows"] = serde_json::from_str(flows).expect("flows JSON");
-    std::fs::write(&data_path, data.to_string()).expect("write data");
-    policy
-}
-
-/// The gateway's `[kestra]` section for `kestra`, its secrets written under `dir`; tight
-/// timings so the tests run in seconds (the reconcile wait still exceeds the double's index
-/// delay, as it must exceed Kestra's).
-fn kestra_toml(kestra: &KestraDouble, dir: &Path, tls_dir: Option<&Path>) -> String {
-    let (default_tls, credential) = (dir.join("kestra-tls"), dir.join("kestra-credential"));
-    kestra.write_tls_secret(&default_tls).expect("tls secret");
-    kestra.write_credential(&credential).expect("credential");
-    format!(
-        "[kestra]\nurl = \"{}\"\ntls_dir = \"{}\"\ncredential_dir = \"{}\"\nconnect_timeout_ms = 1000\n\
-         request_timeout_ms = 1000\npoll_interval_ms = 100\nreconcile_wait_ms = 2500\nmax_attempts = 3\n\
-         secrets_poll_interval_ms = 200\n",
-        kestra.url(),
-        tls_dir.unwrap_or(&default_tls).display(),
-        credential.display(),
-    )
-}
-
 struct World {
     stack: Stack,
     kestra: KestraDouble,
@@ -78,8 +49,8 @@ async fn world() -> World {
 async fn world_with(extra: &str) -> World {
     let dir = tempfile::tempdir().expect("tempdir");
     let kestra = KestraDouble::start(&dir.path().join("kestra"), KestraOptions::default()).await;
-    let policy = policy_with_flows(dir.path(), ALLOWLIST);
-    let toml = kestra_toml(&kestra, dir.path(), None) + extra;
+    let policy = qiria_test_support::authz::policy_with_flows(dir.path(), ALLOWLIST);
+    let toml = kestra.gateway_toml(dir.path(), None) + extra;
     let stack = Stack::with_gateway_config(&authz(), &policy, &toml).await;
     let api = JobServiceClient::connect(stack.envoy.url("")).await.expect("connect through Envoy");
     World { stack, kestra, api, dir }
@@ -283,7 +254,7 @@ async fn a_wrong_client_certificate_an_unknown_ca_or_a_bad_credential_fail_close
     for (name, tls) in [("wrong client certificate", &wrong_cert), ("unknown CA", &unknown_ca)] {
         let dir = w.dir.path().join(name.replace(' ', "-"));
         std::fs::create_dir_all(&dir).unwrap();
-        let toml = kestra_toml(&w.kestra, &dir, Some(tls));
+        let toml = w.kestra.gateway_toml(&dir, Some(tls));
         let gateway = Gateway::start(&dir, &w.stack.keys_dir, &policy, &toml).await;
         let direct = JobServiceClient::connect(gateway.url()).await.unwrap();
         let job = submit(&direct, &alice, trigger("qiria.demo", "hello", &[("name", "x")], "")).await.expect("trigger");
@@ -307,7 +278,7 @@ async fn a_wrong_client_certificate_an_unknown_ca_or_a_bad_credential_fail_close
     // The right certificates, a wrong credential: Kestra's 401, said plainly, never retried.
     let dir = w.dir.path().join("bad-credential");
     std::fs::create_dir_all(&dir).unwrap();
-    let toml = kestra_toml(&w.kestra, &dir, None);
+    let toml = w.kestra.gateway_toml(&dir, None);
     let credential = dir.join("kestra-credential");
     std::fs::write(credential.join("password"), "not-the-password").unwrap();
     let gateway = Gateway::start(&dir, &w.stack.keys_dir, &policy, &toml).await;

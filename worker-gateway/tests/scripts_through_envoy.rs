@@ -4,29 +4,18 @@
 //! with the job; a failing script and a limit fail the job, saying why; a cancel stops the
 //! sandbox; nothing is left behind. Needs root and runsc, as the worker does in production.
 
-use std::path::Path;
 use std::time::Duration;
 
 use qiria_test_support::authz::Stack;
 use qiria_test_support::jobs::{watch_to_end, with_token, Api};
-use qiria_test_support::tls::{pki, TestPki};
-use qiria_test_support::worker::{Leftovers, OuterCgroup, ScriptingWorker, GATEWAY_ID};
+use qiria_test_support::tls::pki;
+use qiria_test_support::worker::{gateway_tls, Leftovers, OuterCgroup, ScriptingWorker, GATEWAY_ID};
 use qiria_test_support::{wait_until, workspace_root};
 use worker_gateway::pb::job_service_client::JobServiceClient;
 use worker_gateway::pb::{CancelJobRequest, GetJobRequest, JobState, SubmitScriptRequest};
 
 fn script(body: &str) -> SubmitScriptRequest {
     SubmitScriptRequest { language: "python".into(), body: body.into(), idempotency_key: String::new() }
-}
-
-/// The gateway's client certificate for the worker, where its `[scripts]` section reads it.
-fn gateway_tls(pki: &TestPki, dir: &Path) -> std::path::PathBuf {
-    let tls = dir.join("gateway-worker-tls");
-    std::fs::create_dir_all(&tls).expect("tls dir");
-    std::fs::write(tls.join("ca.crt"), &pki.ca_pem).expect("ca");
-    std::fs::write(tls.join("tls.crt"), &pki.client_cert_pem).expect("cert");
-    std::fs::write(tls.join("tls.key"), &pki.client_key_pem).expect("key");
-    tls
 }
 
 struct World {

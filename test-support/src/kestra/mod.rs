@@ -277,6 +277,28 @@ impl KestraDouble {
         self.process.output()
     }
 
+    /// The gateway's `[kestra]` section for this double, its secrets written under `dir` (the
+    /// TLS files from `tls_dir` when given); tight timings so tests run in seconds (the
+    /// reconcile wait still exceeds the double's index delay, as it must exceed Kestra's).
+    pub fn gateway_toml(&self, dir: &Path, tls_dir: Option<&Path>) -> String {
+        let (default_tls, credential) = (dir.join("kestra-tls"), dir.join("kestra-credential"));
+        self.write_tls_secret(&default_tls).expect("tls secret");
+        self.write_credential(&credential).expect("credential");
+        format!(
+            "[kestra]\nurl = \"{}\"\ntls_dir = \"{}\"\ncredential_dir = \"{}\"\nconnect_timeout_ms = 1000\n\
+             request_timeout_ms = 1000\npoll_interval_ms = 100\nreconcile_wait_ms = 2500\nmax_attempts = 3\n\
+             secrets_poll_interval_ms = 200\n",
+            self.url(),
+            tls_dir.unwrap_or(&default_tls).display(),
+            credential.display(),
+        )
+    }
+
+    /// The `traceparent` of every request it got that carried one, in order (from its log).
+    pub fn traceparents(&self) -> Vec<String> {
+        self.output().lines().filter_map(|l| l.split(" traceparent=").nth(1)).map(|t| t.trim().to_owned()).collect()
+    }
+
     /// The process id.
     pub fn pid(&self) -> Option<u32> {
         self.process.pid()

@@ -194,12 +194,16 @@ pub fn router(app: Arc<App>) -> Router {
 
 async fn log(request: Request, next: axum::middleware::Next) -> Response {
     let (method, path) = (request.method().clone(), request.uri().path().to_string());
+    // The W3C trace context a caller sent (Kestra continues it when its tracing is on): the
+    // tests read it here to follow a job's trace into Kestra.
+    let traceparent = request.headers().get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let started = Instant::now();
     let response = next.run(request).await;
     eprintln!(
-        "kestra-double: {method} {path} -> {} ({} ms)",
+        "kestra-double: {method} {path} -> {} ({} ms){}",
         response.status().as_u16(),
-        started.elapsed().as_millis()
+        started.elapsed().as_millis(),
+        traceparent.map(|t| format!(" traceparent={t}")).unwrap_or_default()
     );
     response
 }

@@ -101,13 +101,18 @@ impl KestraClient {
         flow: &str,
         inputs: &BTreeMap<String, String>,
         labels: &[(String, String)],
+        trace: &[(String, String)],
     ) -> Result<Execution, KestraError> {
         let mut form = reqwest::multipart::Form::new();
         for (name, value) in inputs {
             form = form.text(name.clone(), value.clone());
         }
         let query: Vec<(&str, String)> = labels.iter().map(|(k, v)| ("labels", format!("{k}:{v}"))).collect();
-        let request = self.request(Method::POST, &["executions", namespace, flow])?.query(&query).multipart(form);
+        let mut request = self.request(Method::POST, &["executions", namespace, flow])?.query(&query).multipart(form);
+        // Kestra continues the trace (it reads W3C trace context when its tracing is on).
+        for (name, value) in trace {
+            request = request.header(name.as_str(), value.as_str());
+        }
         json(send(request).await?).await
     }
 
