@@ -180,7 +180,12 @@ impl Authorizer {
                 .ok_or(Denial::NoPolicy)
                 .and_then(|bundle| self.decide(bundle, request, http, &identity, &mut cached))
         });
-        let eval = if cached { std::time::Duration::ZERO } else { evaluating.elapsed() };
+        let eval = if cached {
+            self.metrics.decision_cache_hits.inc();
+            std::time::Duration::ZERO
+        } else {
+            evaluating.elapsed()
+        };
         let logged_outcome = self.log.as_ref().map(|_| match &evaluated {
             Ok(decision) => Ok(decision.clone()),
             Err(denial) => Err(denial.failure().unwrap_or(Failure { code: "denied", message: denial.to_string() })),

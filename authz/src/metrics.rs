@@ -41,6 +41,8 @@ pub struct Metrics {
     pub decisions: Family<DecisionLabels, StripedCounter>,
     /// Time from CheckRequest to CheckResponse, in seconds.
     pub decision_seconds: StripedHistogram,
+    /// Decisions reused from the decision cache.
+    pub decision_cache_hits: StripedCounter,
     /// Policy bundle reloads by result.
     pub policy_reloads: Family<ReloadLabels, Counter>,
     /// Key directory reloads by result.
@@ -66,6 +68,12 @@ impl Default for Metrics {
         let cached_tokens = Gauge::default();
         registry.register("decisions", "Authorization decisions", decisions.clone());
         registry.register("decision_seconds", "Time to decide one CheckRequest", decision_seconds.clone());
+        let decision_cache_hits = StripedCounter::default();
+        registry.register(
+            "decision_cache_hits",
+            "Decisions reused from the decision cache",
+            decision_cache_hits.clone(),
+        );
         registry.register("policy_reloads", "Policy bundle reloads", policy_reloads.clone());
         registry.register("key_reloads", "Verification key directory reloads", key_reloads.clone());
         registry.register("keys_loaded", "Keys in the live verification key set", keys_loaded.clone());
@@ -109,6 +117,7 @@ impl Default for Metrics {
             registry,
             decisions,
             decision_seconds,
+            decision_cache_hits,
             policy_reloads,
             key_reloads,
             keys_loaded,
@@ -125,6 +134,7 @@ impl Metrics {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        qiria_runtime::metrics::render_shared(&mut out);
         out
     }
 }

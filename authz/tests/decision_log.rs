@@ -213,7 +213,7 @@ async fn a_decision_log_nobody_reads_never_holds_a_decision_up() {
     let (grpc, admin) = (qiria_test_support::free_port(), qiria_test_support::free_port());
     let config = config(dir.path(), "[decision_log]\nqueue = 8\n");
     let stderr = std::fs::File::create(dir.path().join("stalled.log")).expect("log");
-    let mut stalled = Command::new(AUTHZ)
+    let stalled = Command::new(AUTHZ)
         .args(["serve", "--config", &config, "--grpc-addr", &format!("127.0.0.1:{grpc}")])
         .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
         .args(["--policy-dir", &workspace_root().join("policies/rego").display().to_string()])
@@ -224,6 +224,8 @@ async fn a_decision_log_nobody_reads_never_holds_a_decision_up() {
         .stderr(stderr)
         .spawn()
         .expect("start authz");
+    // Killed however the test ends (a panic included).
+    let _stalled = KillOnDrop(stalled);
     let ready = wait_until(Duration::from_secs(20), || async {
         qiria_test_support::health(admin).await["policy"]["active"].is_string()
     })
@@ -256,8 +258,16 @@ async fn a_decision_log_nobody_reads_never_holds_a_decision_up() {
     // Not a timing claim: only that 1,500 decisions did not each wait for a writer that
     // never writes (a blocked decision would never finish at all).
     assert!(elapsed < Duration::from_secs(60), "{elapsed:?}");
-    let _ = stalled.kill();
-    let _ = stalled.wait();
+}
+
+/// A child process killed when dropped.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[tokio::test]

@@ -29,6 +29,10 @@ pub struct HashingPool {
     workers: usize,
     queue: usize,
     max_wait: Duration,
+    /// Hashes asked for and not answered yet (queued or being computed).
+    in_flight: std::sync::atomic::AtomicU64,
+    /// Calls refused: the queue was full or the answer came too late.
+    refused: std::sync::atomic::AtomicU64,
 }
 
 impl HashingPool {
@@ -45,12 +49,25 @@ impl HashingPool {
             let rx = rx.clone();
             std::thread::Builder::new().name(format!("argon2-{i}")).spawn(move || work(&rx))?;
         }
-        Ok(Self { jobs, workers, queue, max_wait })
+        Ok(Self { jobs, workers, queue, max_wait, in_flight: 0.into(), refused: 0.into() })
     }
 
     /// Worker threads and queue length, for `/health`.
     pub fn size(&self) -> (usize, usize) {
         (self.workers, self.queue)
+    }
+
+    /// Its saturation for `/metrics`: hashes in flight, calls refused.
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::sync::atomic::Ordering::Relaxed;
+        out.push_str(&format!(
+            "# HELP qiria_issuer_hashing_in_flight Password hashes asked for and not answered yet\n\
+             # TYPE qiria_issuer_hashing_in_flight gauge\nqiria_issuer_hashing_in_flight {}\n\
+             # HELP qiria_issuer_hashing_refused Logins refused because password hashing was saturated\n\
+             # TYPE qiria_issuer_hashing_refused counter\nqiria_issuer_hashing_refused_total {}\n",
+            self.in_flight.load(Relaxed),
+            self.refused.load(Relaxed)
+        ));
     }
 
     /// Whether `password` matches the PHC string `hash`.
@@ -69,16 +86,30 @@ impl HashingPool {
 
     /// The job's answer, or `Busy` past the bound (dropping `answer` tells the worker to skip it).
     async fn answer<T>(&self, answer: tokio::sync::oneshot::Receiver<T>) -> Result<T, Busy> {
-        match tokio::time::timeout(self.max_wait, answer).await {
+        use std::sync::atomic::Ordering::Relaxed;
+        let answered = tokio::time::timeout(self.max_wait, answer).await;
+        self.in_flight.fetch_sub(1, Relaxed);
+        match answered {
             Ok(Ok(value)) => Ok(value),
-            _ => Err(Busy),
+            _ => {
+                self.refused.fetch_add(1, Relaxed);
+                Err(Busy)
+            }
         }
     }
 
     fn submit(&self, job: Job) -> Result<(), Busy> {
-        self.jobs.try_send(job).map_err(|e| match e {
-            TrySendError::Full(_) | TrySendError::Disconnected(_) => Busy,
-        })
+        use std::sync::atomic::Ordering::Relaxed;
+        match self.jobs.try_send(job) {
+            Ok(()) => {
+                self.in_flight.fetch_add(1, Relaxed);
+                Ok(())
+            }
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.refused.fetch_add(1, Relaxed);
+                Err(Busy)
+            }
+        }
     }
 }
 

@@ -59,6 +59,8 @@ struct Service {
     /// recorded after the one computed once it was.
     signing_turn: Mutex<()>,
     registry: Registry,
+    /// For its saturation metrics.
+    hashing: Arc<HashingPool>,
     keys_loaded: Gauge,
 }
 
@@ -125,7 +127,12 @@ impl qiria_runtime::admin::AdminState for Service {
     fn metrics(&self) -> String {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        qiria_runtime::siem::render_metrics(&mut out);
+        if out.ends_with("# EOF\n") {
+            out.truncate(out.len() - "# EOF\n".len());
+        }
+        self.hashing.render_metrics(&mut out);
+        qiria_runtime::metrics::render_shared(&mut out);
+        out.push_str("# EOF\n");
         out
     }
 
@@ -157,6 +164,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         signing_turn: Mutex::new(()),
         registry,
         keys_loaded,
+        hashing: hashing.clone(),
         config: config.clone(),
     });
     service.reload_keys();

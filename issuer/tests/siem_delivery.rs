@@ -22,41 +22,27 @@ const ISSUER_ID: &str = "spiffe://cluster.local/ns/qiria/sa/issuer";
 struct Setup {
     dir: tempfile::TempDir,
     key: SigningKey,
-    pki: TestPki,
     config: String,
 }
 
 impl Setup {
-    /// Keys, policy, the audit key, the SIEM client's TLS files and the issuer's config with
-    /// the trail delivered to `127.0.0.1:siem_port`.
-    fn new(siem_port: u16, siem_settings: &str) -> Self {
+    /// Keys, policy, and the issuer's config keeping its trail and delivering it to `siem`.
+    fn new(siem: &Siem, pki: &TestPki, siem_settings: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let pki = pki(ISSUER_ID);
         let key = SigningKey::rsa("test-rsa-1");
         std::fs::create_dir_all(dir.path().join("keys")).expect("keys");
         key.write_public(&dir.path().join("keys"));
         copy_dir(&workspace_root().join("policies/rego"), &dir.path().join("policy"));
-        let audit_keys = dir.path().join("audit-key");
-        let made = Command::new(binary("qiria-audit")).arg("keygen").arg("--dir").arg(&audit_keys).status();
-        assert!(made.is_ok_and(|s| s.success()), "qiria-audit keygen");
-        let tls = dir.path().join("siem-tls");
-        std::fs::create_dir_all(&tls).expect("tls");
-        std::fs::write(tls.join("ca.crt"), &pki.ca_pem).expect("ca");
-        std::fs::write(tls.join("tls.crt"), &pki.client_cert_pem).expect("cert");
-        std::fs::write(tls.join("tls.key"), &pki.client_key_pem).expect("key");
         let config = format!(
-            "[limits]\n{unlimited}\n[log]\naudit_trail = \"{trail}\"\naudit_key_dir = \"{keys}\"\naudit_checkpoint_every = 4\n\
-             [log.siem]\naddress = \"127.0.0.1:{siem_port}\"\nserver_name = \"localhost\"\ntls_dir = \"{tls}\"\n{siem_settings}\n",
-            unlimited = qiria_test_support::authz::UNLIMITED,
-            trail = dir.path().join("issuer-audit.jsonl").display(),
-            keys = audit_keys.display(),
-            tls = tls.display(),
+            "[limits]\n{}\n{}",
+            qiria_test_support::authz::UNLIMITED,
+            siem.log_section(dir.path(), pki, siem_settings)
         );
-        Self { dir, key, pki, config }
+        Self { dir, key, config }
     }
 
     fn trail(&self) -> std::path::PathBuf {
-        self.dir.path().join("issuer-audit.jsonl")
+        Siem::trail(self.dir.path())
     }
 
     async fn issuer(&self) -> Issuer {
@@ -123,9 +109,9 @@ async fn delivered(siem: &Siem, setup: &Setup, issuer: &Issuer) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_audit_record_reaches_the_siem_in_order_across_its_outage_and_a_restart() {
     let scratch = tempfile::tempdir().expect("tempdir");
-    let port = qiria_test_support::free_port();
-    let setup = Setup::new(port, "");
-    let mut siem = Siem::start_on(scratch.path(), &setup.pki, port).await;
+    let pki = pki(ISSUER_ID);
+    let mut siem = Siem::start(scratch.path(), &pki).await;
+    let setup = Setup::new(&siem, &pki, "");
     let mut issuer = setup.issuer().await;
     for n in 0..5 {
         failed_login(&issuer, n).await;
@@ -200,9 +186,11 @@ async fn every_audit_record_reaches_the_siem_in_order_across_its_outage_and_a_re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_spool_blocks_admin_actions_until_the_siem_catches_up() {
     let scratch = tempfile::tempdir().expect("tempdir");
-    let port = qiria_test_support::free_port();
-    let setup = Setup::new(port, "spool_max_records = 3\nwhen_full = \"block\"\n");
-    // No SIEM yet: the opening checkpoint and three failed logins fill the spool.
+    let pki = pki(ISSUER_ID);
+    let mut siem = Siem::start(scratch.path(), &pki).await;
+    let setup = Setup::new(&siem, &pki, "spool_max_records = 3\nwhen_full = \"block\"\n");
+    // The SIEM away: the opening checkpoint and three failed logins fill the spool.
+    siem.stop();
     let issuer = setup.issuer().await;
     for n in 0..3 {
         failed_login(&issuer, n).await;
@@ -216,7 +204,7 @@ async fn a_full_spool_blocks_admin_actions_until_the_siem_catches_up() {
     assert_eq!(user.0, 503, "an admin action while the SIEM is behind: {}", user.1);
     assert!(user.1.contains("audit spool"), "{}", user.1);
 
-    let siem = Siem::start_on(scratch.path(), &setup.pki, port).await;
+    siem.resume().await;
     assert!(delivered(&siem, &setup, &issuer).await, "{}", issuer.output());
     let user = create_user(&issuer, &setup.key, "carol").await;
     assert_eq!(user.0, 201, "the SIEM caught up: {}", user.1);

@@ -15,6 +15,7 @@ pub mod clock;
 pub mod config;
 pub mod health;
 pub mod logging;
+pub mod metrics;
 pub mod net;
 pub mod rate;
 pub mod secret_dir;

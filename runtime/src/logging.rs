@@ -52,6 +52,6 @@ pub fn init(config: &LogConfig, service: &str) -> std::io::Result<()> {
         LogFormat::Json => fmt.json().flatten_event(true).with_filter(filter).boxed(),
         LogFormat::Text => fmt.with_filter(filter).boxed(),
     };
-    tracing_subscriber::registry().with(fmt).with(trail).with(traces).init();
+    tracing_subscriber::registry().with(fmt).with(trail).with(traces).with(crate::metrics::AuditCounter).init();
     Ok(())
 }

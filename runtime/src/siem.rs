@@ -136,16 +136,11 @@ pub fn admit_admin_action() -> Result<(), SpoolFull> {
     }
 }
 
-/// Appends the delivery's metrics to a service's OpenMetrics text (before its `# EOF`):
-/// records waiting (the alarm: it grows while the SIEM is away), whether a session is open,
+/// Appends the delivery's metrics (called by [`crate::metrics::render_shared`]): records waiting (the alarm: it grows while the SIEM is away), whether a session is open,
 /// the last acknowledged record and when, records dropped by `drop_oldest`.
-pub fn render_metrics(out: &mut String) {
+pub(crate) fn render_metrics(out: &mut String) {
     use std::fmt::Write as _;
     let Some(spool) = spool() else { return };
-    let eof = out.ends_with("# EOF\n");
-    if eof {
-        out.truncate(out.len() - "# EOF\n".len());
-    }
     let gauge = |out: &mut String, name: &str, help: &str, value: u64| {
         let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n");
     };
@@ -165,9 +160,6 @@ pub fn render_metrics(out: &mut String) {
         "# HELP qiria_audit_spool_dropped Audit records skipped undelivered (when_full = drop_oldest)\n\
          # TYPE qiria_audit_spool_dropped counter\nqiria_audit_spool_dropped_total {dropped}\n"
     );
-    if eof {
-        out.push_str("# EOF\n");
-    }
 }
 
 /// Tells the forwarder a record `seq` is on disk.

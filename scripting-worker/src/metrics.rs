@@ -56,6 +56,7 @@ impl Metrics {
             "# TYPE qiria_worker_sandboxes_busy gauge\nqiria_worker_sandboxes_busy {busy}\n\
              # TYPE qiria_worker_queue_waiting gauge\nqiria_worker_queue_waiting {waiting}\n# EOF\n"
         ));
+        qiria_runtime::metrics::render_shared(&mut text);
         text
     }
 }

@@ -214,6 +214,18 @@ impl Stack {
         Self::build_with(authz_bin, policy_src, extra, None, None, Some(otlp_port)).await
     }
 
+    /// Everything behind Envoy: authz on `policy_src`, the issuer (SQLite, Envoy its trusted
+    /// proxy, rate limits lifted, plus `issuer_toml`) and the worker-gateway (`gateway_toml`).
+    pub async fn with_issuer_and_gateway(
+        authz_bin: &str,
+        policy_src: &Path,
+        issuer_toml: &str,
+        gateway_toml: &str,
+    ) -> Self {
+        let config = format!("[server]\ntrusted_proxies = [\"127.0.0.1\"]\n[limits]\n{UNLIMITED}\n{issuer_toml}\n");
+        Self::build_with(authz_bin, policy_src, &[], Some((None, &config)), Some(gateway_toml), None).await
+    }
+
     /// The shipped policy with the worker-gateway behind Envoy's job API route.
     pub async fn with_gateway(authz_bin: &str) -> Self {
         Self::with_gateway_config(authz_bin, &workspace_root().join("policies/rego"), "").await

@@ -12,6 +12,7 @@ pub mod kestra;
 pub mod otlp;
 pub mod postgres;
 pub mod process;
+pub mod prometheus;
 pub mod recorder;
 pub mod siem;
 pub mod tls;

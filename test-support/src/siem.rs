@@ -115,6 +115,35 @@ impl Siem {
         std::fs::read_to_string(&self.received).unwrap_or_default().lines().map(str::to_owned).collect()
     }
 
+    /// A service's `[log]` section that keeps its audit trail under `dir` (a fresh audit key
+    /// made by `qiria-audit keygen`) and delivers it to this SIEM with the client certificate
+    /// of `pki` (whose CA the SIEM trusts): `[log]` then `[log.siem]`, with `siem_settings`
+    /// added to the latter.
+    pub fn log_section(&self, dir: &Path, pki: &TestPki, siem_settings: &str) -> String {
+        let keys = dir.join("audit-key");
+        let made =
+            std::process::Command::new(crate::binary("qiria-audit")).arg("keygen").arg("--dir").arg(&keys).status();
+        assert!(made.is_ok_and(|s| s.success()), "qiria-audit keygen");
+        let tls = dir.join("siem-client-tls");
+        std::fs::create_dir_all(&tls).expect("tls");
+        std::fs::write(tls.join("ca.crt"), &pki.ca_pem).expect("ca");
+        std::fs::write(tls.join("tls.crt"), &pki.client_cert_pem).expect("cert");
+        std::fs::write(tls.join("tls.key"), &pki.client_key_pem).expect("key");
+        format!(
+            "[log]\naudit_trail = \"{trail}\"\naudit_key_dir = \"{keys}\"\naudit_checkpoint_every = 4\n\
+             [log.siem]\naddress = \"127.0.0.1:{port}\"\nserver_name = \"localhost\"\ntls_dir = \"{tls}\"\n{siem_settings}\n",
+            trail = Self::trail(dir).display(),
+            keys = keys.display(),
+            port = self.port,
+            tls = tls.display(),
+        )
+    }
+
+    /// Where [`Self::log_section`] puts the trail.
+    pub fn trail(dir: &Path) -> PathBuf {
+        dir.join("audit.jsonl")
+    }
+
     /// rsyslog's own output.
     pub fn output(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -71,10 +71,13 @@ impl Service {
 
 impl qiria_runtime::admin::AdminState for Service {
     fn metrics(&self) -> String {
-        format!(
+        let mut out = format!(
             "# TYPE qiria_gateway_cached_tokens gauge\nqiria_gateway_cached_tokens {}\n",
             self.verifier.cached_tokens()
-        )
+        );
+        crate::kestra::render_calls(&mut out);
+        qiria_runtime::metrics::render_shared(&mut out);
+        out
     }
 
     fn health(&self) -> (bool, serde_json::Value) {

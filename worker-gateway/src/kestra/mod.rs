@@ -183,6 +183,29 @@ impl KestraClient {
     }
 }
 
+/// Kestra calls by outcome: the HTTP status, `unreachable` or `no_answer`.
+static CALLS: std::sync::Mutex<BTreeMap<String, u64>> = std::sync::Mutex::new(BTreeMap::new());
+
+fn count_call(outcome: &str) {
+    let mut calls = CALLS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    // Statuses and the two failures: a few dozen at most.
+    if calls.len() < 128 || calls.contains_key(outcome) {
+        *calls.entry(outcome.to_owned()).or_default() += 1;
+    }
+}
+
+/// `qiria_gateway_kestra_calls_total{status}` for `/metrics`.
+pub(crate) fn render_calls(out: &mut String) {
+    use std::fmt::Write as _;
+    let calls = CALLS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    out.push_str(
+        "# HELP qiria_gateway_kestra_calls Calls to Kestra by outcome\n# TYPE qiria_gateway_kestra_calls counter\n",
+    );
+    for (status, n) in calls.iter() {
+        let _ = writeln!(out, "qiria_gateway_kestra_calls_total{{status=\"{status}\"}} {n}");
+    }
+}
+
 async fn send(request: reqwest::RequestBuilder) -> Result<reqwest::Response, KestraError> {
     let response = request.send().await.map_err(|e| {
         // reqwest's Display is short; the source chain says what failed (refused, TLS alert).
@@ -190,12 +213,15 @@ async fn send(request: reqwest::RequestBuilder) -> Result<reqwest::Response, Kes
         let e = e.without_url();
         let why = error_chain(&e);
         if e.is_connect() || never_written(&e) {
+            count_call("unreachable");
             KestraError::Unreachable(why)
         } else {
+            count_call("no_answer");
             KestraError::NoAnswer(why)
         }
     })?;
     let status = response.status();
+    count_call(status.as_str());
     if status.is_success() {
         return Ok(response);
     }
