@@ -216,6 +216,16 @@ impl ScriptingWorker {
         Endpoint::from_shared(self.url()).expect("endpoint").tls_config(tls).expect("tls").connect_lazy()
     }
 
+    /// A gateway's `[scripts]` section calling this worker with the client certificate of
+    /// `pki` (written under `dir`), polling fast as tests want.
+    pub fn gateway_toml(&self, pki: &TestPki, dir: &Path) -> String {
+        format!(
+            "[scripts]\nurl = \"{}\"\ntls_dir = \"{}\"\npoll_interval_ms = 100\nrun_timeout_ms = 30000\n",
+            self.url(),
+            gateway_tls(pki, dir).display()
+        )
+    }
+
     /// Its log so far.
     pub fn output(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -227,9 +237,9 @@ impl ScriptingWorker {
     }
 }
 
-/// The gateway's client certificate for the worker (from `pki`), where a gateway's
-/// `[scripts]` section reads it: `dir/gateway-worker-tls`.
-pub fn gateway_tls(pki: &TestPki, dir: &Path) -> PathBuf {
+/// The gateway's client certificate for the worker (from `pki`), where its `[scripts]`
+/// section reads it: `dir/gateway-worker-tls`.
+fn gateway_tls(pki: &TestPki, dir: &Path) -> PathBuf {
     let tls = dir.join("gateway-worker-tls");
     std::fs::create_dir_all(&tls).expect("tls dir");
     std::fs::write(tls.join("ca.crt"), &pki.ca_pem).expect("ca");

@@ -14,7 +14,7 @@ use qiria_test_support::kestra::{KestraDouble, KestraOptions};
 use qiria_test_support::prometheus::{Answer, Prometheus};
 use qiria_test_support::siem::Siem;
 use qiria_test_support::tls::pki;
-use qiria_test_support::worker::{gateway_tls, OuterCgroup, ScriptingWorker, GATEWAY_ID};
+use qiria_test_support::worker::{OuterCgroup, ScriptingWorker, GATEWAY_ID};
 use qiria_test_support::{wait_until, workspace_root};
 use serde_json::Value;
 use worker_gateway::pb::job_service_client::JobServiceClient;
@@ -79,12 +79,7 @@ async fn every_dashboard_query_returns_our_series_from_a_real_prometheus() {
     let worker_pki = pki(GATEWAY_ID);
     let limits = "[limits]\noutput_bytes = 1024\n";
     let worker = ScriptingWorker::start(dir.path(), &dir.path().join("state"), &worker_pki, &outer, limits).await;
-    let gateway_toml = format!(
-        "{}[scripts]\nurl = \"{}\"\ntls_dir = \"{}\"\npoll_interval_ms = 100\nrun_timeout_ms = 30000\n",
-        kestra.gateway_toml(dir.path(), None),
-        worker.url(),
-        gateway_tls(&worker_pki, dir.path()).display()
-    );
+    let gateway_toml = kestra.gateway_toml(dir.path(), None) + &worker.gateway_toml(&worker_pki, dir.path());
     let policy = policy_with_flows(dir.path(), r#"{"qiria.demo": {"hello": "flows:trigger"}}"#);
     let authz = qiria_test_support::binary("authz").display().to_string();
     let stack = Stack::with_issuer_and_gateway(&authz, &policy, &issuer_toml, &gateway_toml).await;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use qiria_test_support::authz::Stack;
 use qiria_test_support::jobs::{watch_to_end, with_token, Api};
 use qiria_test_support::tls::pki;
-use qiria_test_support::worker::{gateway_tls, Leftovers, OuterCgroup, ScriptingWorker, GATEWAY_ID};
+use qiria_test_support::worker::{Leftovers, OuterCgroup, ScriptingWorker, GATEWAY_ID};
 use qiria_test_support::{wait_until, workspace_root};
 use worker_gateway::pb::job_service_client::JobServiceClient;
 use worker_gateway::pb::{CancelJobRequest, GetJobRequest, JobState, SubmitScriptRequest};
@@ -32,11 +32,7 @@ async fn world() -> World {
     let pki = pki(GATEWAY_ID);
     let limits = "[limits]\nwall_ms = 20000\ncpu_ms = 1000\n";
     let worker = ScriptingWorker::start(dir.path(), &dir.path().join("state"), &pki, &outer, limits).await;
-    let toml = format!(
-        "[scripts]\nurl = \"{}\"\ntls_dir = \"{}\"\npoll_interval_ms = 100\nrun_timeout_ms = 30000\n",
-        worker.url(),
-        gateway_tls(&pki, dir.path()).display()
-    );
+    let toml = worker.gateway_toml(&pki, dir.path());
     let stack = Stack::with_gateway_config(
         &qiria_test_support::binary("authz").display().to_string(),
         &workspace_root().join("policies/rego"),

@@ -12,7 +12,7 @@ use qiria_test_support::kestra::{KestraDouble, KestraOptions};
 use qiria_test_support::otlp::{OtlpReceiver, ReceivedSpan};
 use qiria_test_support::tls::pki;
 use qiria_test_support::wait_until;
-use qiria_test_support::worker::{gateway_tls, OuterCgroup, ScriptingWorker, GATEWAY_ID};
+use qiria_test_support::worker::{OuterCgroup, ScriptingWorker, GATEWAY_ID};
 use worker_gateway::pb::job_service_client::JobServiceClient;
 use worker_gateway::pb::{JobState, SubmitScriptRequest, TriggerFlowRequest};
 
@@ -36,12 +36,7 @@ async fn a_jobs_trace_goes_from_envoy_through_authz_and_the_gateway_to_kestra_an
     let outer = OuterCgroup::new(1 << 30, 1024);
     let worker_pki = pki(GATEWAY_ID);
     let worker = ScriptingWorker::start(dir.path(), &dir.path().join("state"), &worker_pki, &outer, "").await;
-    let toml = format!(
-        "{}[scripts]\nurl = \"{}\"\ntls_dir = \"{}\"\npoll_interval_ms = 100\nrun_timeout_ms = 30000\n",
-        kestra.gateway_toml(dir.path(), None),
-        worker.url(),
-        gateway_tls(&worker_pki, dir.path()).display()
-    );
+    let toml = kestra.gateway_toml(dir.path(), None) + &worker.gateway_toml(&worker_pki, dir.path());
     let policy = policy_with_flows(dir.path(), r#"{"qiria.demo": {"hello": "flows:trigger"}}"#);
     let authz = qiria_test_support::binary("authz").display().to_string();
     let stack = Stack::with_gateway_traced(&authz, &policy, &toml, receiver.port).await;
