@@ -74,5 +74,24 @@ impl Process {
 impl Drop for Process {
     fn drop(&mut self) {
         self.stop();
+        keep_log(&self.name, &self.log);
     }
+}
+
+/// Copies a finished process's log under `target/test-logs/`, where `./dev test` scans every
+/// log of the suite for secrets (`scan-logs`) once it has run.
+fn keep_log(name: &str, log: &Path) {
+    let Some(dir) = test_logs_dir() else { return };
+    if std::fs::create_dir_all(&dir).is_err() {
+        return;
+    }
+    let unique = format!("{name}-{}-{}.log", std::process::id(), rand::random::<u32>());
+    let _ = std::fs::copy(log, dir.join(unique));
+}
+
+/// `target/test-logs`, beside the running test binary (`target/<profile>/deps/…`).
+fn test_logs_dir() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let target = exe.ancestors().find(|a| a.file_name().is_some_and(|n| n == "target"))?;
+    Some(target.join("test-logs"))
 }
