@@ -454,12 +454,12 @@ impl Authorization for CheckService {
     }
 }
 
-/// The trace `request` belongs to: Envoy's ext_authz call carries its own span's
-/// `traceparent` in the gRPC metadata; without it, the HTTP request's (a client's or an
-/// outer proxy's).
+/// The trace `request` belongs to: Envoy's ext_authz call carries its own span's context
+/// (`traceparent`, or B3 with Envoy's Zipkin tracer) in the gRPC metadata; without it, the
+/// HTTP request's (a client's or an outer proxy's).
 fn continue_trace(span: &tracing::Span, request: &Request<CheckRequest>) {
     let trace = qiria_runtime::telemetry::trace_context(|name| request.metadata().get(name)?.to_str().ok());
-    if trace.contains_key("traceparent") {
+    if !trace.is_empty() {
         qiria_runtime::telemetry::continue_trace(span, &trace);
         return;
     }

@@ -131,9 +131,10 @@ impl Extractor for Headers<'_> {
     }
 }
 
-/// The trace context among a request's headers or metadata (`get` looks a name up).
+/// The trace context (W3C and B3) among a request's headers or metadata (`get` looks a name
+/// up).
 pub fn trace_context<'a>(get: impl Fn(&str) -> Option<&'a str>) -> HashMap<String, String> {
-    ["traceparent", "tracestate"]
+    ["traceparent", "tracestate", "b3", "x-b3-traceid", "x-b3-spanid", "x-b3-sampled"]
         .into_iter()
         .filter_map(|name| get(name).map(|value| (name.to_owned(), value.to_owned())))
         .collect()
@@ -151,14 +152,77 @@ pub fn traceparent(span: &tracing::Span) -> String {
     trace_headers(span).into_iter().find(|(name, _)| name == "traceparent").map(|(_, v)| v).unwrap_or_default()
 }
 
-/// Makes `span` a child of the trace in `headers` (W3C `traceparent`/`tracestate`); nothing
-/// when there is none or the span is disabled.
+/// Makes `span` a child of the trace in `headers`: W3C `traceparent`/`tracestate`, else B3
+/// (`b3` single header, or `x-b3-traceid`/`x-b3-spanid`/`x-b3-sampled`, as Envoy's Zipkin
+/// tracer sends them); nothing when there is none or the span is disabled.
 pub fn continue_trace(span: &tracing::Span, headers: &HashMap<String, String>) {
-    if span.is_disabled() || !headers.contains_key("traceparent") {
+    if span.is_disabled() {
         return;
     }
-    let parent = TraceContextPropagator::new().extract(&Headers(headers));
+    let propagator = TraceContextPropagator::new();
+    let parent = if headers.contains_key("traceparent") {
+        propagator.extract(&Headers(headers))
+    } else if let Some(traceparent) = b3_as_traceparent(headers) {
+        propagator.extract(&Headers(&HashMap::from([("traceparent".to_owned(), traceparent)])))
+    } else {
+        return;
+    };
     let _ = span.set_parent(parent);
+}
+
+/// A B3 context as the W3C `traceparent` that says the same (64-bit trace ids are padded on
+/// the left, as B3 specifies); `None` when there is none or it is malformed.
+fn b3_as_traceparent(headers: &HashMap<String, String>) -> Option<String> {
+    let (trace, span, sampled) = match headers.get("b3") {
+        // `{trace}-{span}[-{sampled}[-{parent}]]`; a lone `0`/`1`/`d` carries no context.
+        Some(single) => {
+            let mut parts = single.split('-');
+            let (trace, span) = (parts.next()?, parts.next()?);
+            (trace.to_owned(), span.to_owned(), parts.next().unwrap_or("1").to_owned())
+        }
+        None => (
+            headers.get("x-b3-traceid")?.clone(),
+            headers.get("x-b3-spanid")?.clone(),
+            headers.get("x-b3-sampled").cloned().unwrap_or_else(|| "1".into()),
+        ),
+    };
+    let hex = |s: &str, lens: &[usize]| lens.contains(&s.len()) && s.bytes().all(|b| b.is_ascii_hexdigit());
+    if !hex(&trace, &[16, 32]) || !hex(&span, &[16]) {
+        return None;
+    }
+    let flags = if matches!(sampled.as_str(), "1" | "d" | "true") { "01" } else { "00" };
+    Some(format!("00-{:0>32}-{span}-{flags}", trace.to_ascii_lowercase()).to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn b3_contexts_read_as_the_traceparent_they_mean() {
+        let multi = map(&[
+            ("x-b3-traceid", "80F198EE56343BA864FE8B2A57D3EFF7"),
+            ("x-b3-spanid", "e457b5a2e4d86bd1"),
+            ("x-b3-sampled", "1"),
+        ]);
+        assert_eq!(
+            b3_as_traceparent(&multi).as_deref(),
+            Some("00-80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-01")
+        );
+        let short = map(&[("b3", "a3ce929d0e0e4736-00f067aa0ba902b7-0")]);
+        assert_eq!(
+            b3_as_traceparent(&short).as_deref(),
+            Some("00-0000000000000000a3ce929d0e0e4736-00f067aa0ba902b7-00")
+        );
+        for bad in [map(&[("b3", "1")]), map(&[("x-b3-traceid", "xyz"), ("x-b3-spanid", "e457b5a2e4d86bd1")]), map(&[])]
+        {
+            assert_eq!(b3_as_traceparent(&bad), None, "{bad:?}");
+        }
+    }
 }
 
 /// The `traceparent` (and `tracestate`) that carries `span`'s trace to a callee.
