@@ -194,6 +194,22 @@ fn b3_as_traceparent(headers: &HashMap<String, String>) -> Option<String> {
     Some(format!("00-{:0>32}-{span}-{flags}", trace.to_ascii_lowercase()).to_ascii_lowercase())
 }
 
+/// The `traceparent` (and `tracestate`) that carries `span`'s trace to a callee.
+pub fn trace_headers(span: &tracing::Span) -> Vec<(String, String)> {
+    struct Out(Vec<(String, String)>);
+    impl Injector for Out {
+        fn set(&mut self, key: &str, value: String) {
+            self.0.push((key.to_owned(), value));
+        }
+    }
+    if span.is_disabled() {
+        return Vec::new();
+    }
+    let mut out = Out(Vec::new());
+    TraceContextPropagator::new().inject_context(&span.context(), &mut out);
+    out.0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,20 +239,4 @@ mod tests {
             assert_eq!(b3_as_traceparent(&bad), None, "{bad:?}");
         }
     }
-}
-
-/// The `traceparent` (and `tracestate`) that carries `span`'s trace to a callee.
-pub fn trace_headers(span: &tracing::Span) -> Vec<(String, String)> {
-    struct Out(Vec<(String, String)>);
-    impl Injector for Out {
-        fn set(&mut self, key: &str, value: String) {
-            self.0.push((key.to_owned(), value));
-        }
-    }
-    if span.is_disabled() {
-        return Vec::new();
-    }
-    let mut out = Out(Vec::new());
-    TraceContextPropagator::new().inject_context(&span.context(), &mut out);
-    out.0
 }
