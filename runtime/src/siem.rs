@@ -316,7 +316,14 @@ impl Forwarder {
         relp.open()?;
         self.spool.connected.store(true, Relaxed);
         tracing::info!(target: "qiria::siem", address = %self.address, from_seq = self.cursor.seq + 1, "SIEM session open");
-        let mut trail = BufReader::new(File::open(&self.trail)?);
+        let file = File::open(&self.trail)?;
+        if self.cursor.offset > file.metadata()?.len() {
+            // The trail is shorter than what was delivered: replaced or cut. Everything in it is
+            // sent again (the SIEM sees repeated `seq`s) rather than nothing ever again.
+            tracing::warn!(target: "qiria::siem", offset = self.cursor.offset, "the trail is shorter than the delivery cursor; resending it from the start");
+            self.cursor = Cursor::default();
+        }
+        let mut trail = BufReader::new(file);
         loop {
             self.drop_if_full(&mut trail)?;
             let batch = read_lines(&mut trail, self.cursor.offset, WINDOW)?;
