@@ -47,11 +47,68 @@ pub fn init(config: &LogConfig, service: &str) -> std::io::Result<()> {
         }
         None => None,
     };
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let fmt = match config.format {
-        LogFormat::Json => fmt.json().flatten_event(true).with_filter(filter).boxed(),
-        LogFormat::Text => fmt.with_filter(filter).boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .with_writer(WithTraceIds)
+            .json()
+            .flatten_event(true)
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(filter).boxed(),
     };
     tracing_subscriber::registry().with(fmt).with(trail).with(traces).with(crate::metrics::AuditCounter).init();
     Ok(())
+}
+
+/// Standard error, each JSON line with the `trace_id` and `span_id` of the span it was
+/// written in (when that span is traced), so that a log line leads to its trace.
+struct WithTraceIds;
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for WithTraceIds {
+    type Writer = TraceLine;
+
+    fn make_writer(&'a self) -> TraceLine {
+        TraceLine { line: Vec::new(), ids: current_ids() }
+    }
+}
+
+/// The trace and span id of the current span, if it is part of a trace.
+fn current_ids() -> Option<(String, String)> {
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let span = tracing::Span::current();
+    if span.is_disabled() {
+        return None;
+    }
+    let context = span.context();
+    let span_context = context.span().span_context().clone();
+    span_context.is_valid().then(|| (span_context.trace_id().to_string(), span_context.span_id().to_string()))
+}
+
+/// One line, written to standard error whole when the formatter is done with it.
+struct TraceLine {
+    line: Vec<u8>,
+    ids: Option<(String, String)>,
+}
+
+impl std::io::Write for TraceLine {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.line.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for TraceLine {
+    fn drop(&mut self) {
+        if let (Some((trace, span)), true) = (&self.ids, self.line.ends_with(b"}\n")) {
+            let at = self.line.len() - 2;
+            let ids = format!(",\"trace_id\":\"{trace}\",\"span_id\":\"{span}\"");
+            self.line.splice(at..at, ids.into_bytes());
+        }
+        let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), &self.line);
+    }
 }

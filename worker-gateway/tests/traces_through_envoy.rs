@@ -1,7 +1,7 @@
 //! A job's trace, end to end, through the real path: Envoy (its OpenTelemetry tracer) → authz
 //! → the worker-gateway → the Kestra double (which records the `traceparent` it got) or the
 //! scripting worker (runsc) — every service exporting OTLP to a real receiver, every span in
-//! Envoy's trace. (Its own test binary: the services read where to export from the
+//! Envoy's trace, and a log line written in a span carrying its `trace_id` and `span_id`. (Its own test binary: the services read where to export from the
 //! environment this process passes on.)
 
 use std::time::Duration;
@@ -105,4 +105,13 @@ async fn a_jobs_trace_goes_from_envoy_through_authz_and_the_gateway_to_kestra_an
     assert_eq!(run.attributes.get("qiria.exit_code").map(String::as_str), Some("0"));
     let call = spans.iter().find(|s| s.span_id == run.parent_span_id).expect("the run's parent");
     assert_eq!((call.service.as_str(), call.name.as_str()), ("qiria-worker-gateway", "sandbox.run"));
+
+    // The worker's log line of that run leads to its trace.
+    let logged: Vec<serde_json::Value> = worker.output().lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let line = logged
+        .iter()
+        .find(|l| l["message"] == "running a script" && l["job"] == script_job.id.as_str())
+        .unwrap_or_else(|| panic!("no log line of the run: {}", worker.output()));
+    assert_eq!(line["trace_id"], run.trace_id.as_str(), "{line}");
+    assert_eq!(line["span_id"], run.span_id.as_str(), "{line}");
 }
