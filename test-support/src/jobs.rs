@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tonic::Request;
 use worker_gateway::pb::job_service_client::JobServiceClient;
-use worker_gateway::pb::{Job, JobState, WatchJobRequest};
+use worker_gateway::pb::{Job, JobState, SubmitScriptRequest, TriggerFlowRequest, WatchJobRequest};
 
 /// A job API client (through Envoy or straight to the gateway).
 pub type Api = JobServiceClient<tonic::transport::Channel>;
@@ -36,4 +36,20 @@ pub async fn watch_to_end(api: &Api, token: &str, id: &str) -> (Vec<JobState>, J
     let last = last.expect("at least the job as it is");
     assert!(watched.is_ok(), "job never ended; last seen {last:?}");
     (states, last)
+}
+
+/// `TriggerFlow` of `namespace/flow` with `inputs`, no labels, no idempotency key.
+pub fn flow(namespace: &str, flow: &str, inputs: &[(&str, &str)]) -> TriggerFlowRequest {
+    TriggerFlowRequest {
+        namespace: namespace.into(),
+        flow_id: flow.into(),
+        inputs: inputs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        labels: Default::default(),
+        idempotency_key: String::new(),
+    }
+}
+
+/// `SubmitScript` of the Python `body`, no idempotency key.
+pub fn script(body: &str) -> SubmitScriptRequest {
+    SubmitScriptRequest { language: "python".into(), body: body.into(), idempotency_key: String::new() }
 }

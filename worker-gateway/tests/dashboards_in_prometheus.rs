@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use qiria_test_support::authz::{policy_with_flows, Stack};
-use qiria_test_support::jobs::{watch_to_end, with_token};
+use qiria_test_support::jobs::{flow, script, watch_to_end, with_token};
 use qiria_test_support::kestra::{KestraDouble, KestraOptions};
 use qiria_test_support::prometheus::{Answer, Prometheus};
 use qiria_test_support::siem::Siem;
@@ -18,7 +18,7 @@ use qiria_test_support::worker::{OuterCgroup, ScriptingWorker, GATEWAY_ID};
 use qiria_test_support::{wait_until, workspace_root};
 use serde_json::Value;
 use worker_gateway::pb::job_service_client::JobServiceClient;
-use worker_gateway::pb::{JobState, SubmitScriptRequest, TriggerFlowRequest};
+use worker_gateway::pb::JobState;
 
 /// Every dashboard file and its JSON.
 fn dashboards() -> Vec<(PathBuf, Value)> {
@@ -116,18 +116,10 @@ async fn every_dashboard_query_returns_our_series_from_a_real_prometheus() {
     assert_eq!(refused.status().as_u16(), 403);
     let api = JobServiceClient::connect(stack.envoy.url("")).await.expect("connect through Envoy");
     assert!(api.clone().get_job(worker_gateway::pb::GetJobRequest { id: "nope".into() }).await.is_err(), "denied");
-    let flow = TriggerFlowRequest {
-        namespace: "qiria.demo".into(),
-        flow_id: "hello".into(),
-        inputs: [("name".to_string(), "prometheus".to_string())].into(),
-        labels: Default::default(),
-        idempotency_key: String::new(),
-    };
+    let flow = flow("qiria.demo", "hello", &[("name", "prometheus")]);
     let flow_job = api.clone().trigger_flow(with_token(flow, &access)).await.expect("trigger").into_inner();
     for body in ["print('ok')\n", "print('x' * 5000)\n"] {
-        let script =
-            SubmitScriptRequest { language: "python".into(), body: body.into(), idempotency_key: String::new() };
-        let job = api.clone().submit_script(with_token(script, &access)).await.expect("submit").into_inner();
+        let job = api.clone().submit_script(with_token(script(body), &access)).await.expect("submit").into_inner();
         watch_to_end(&api, &access, &job.id).await;
     }
     let (states, _) = watch_to_end(&api, &access, &flow_job.id).await;

@@ -7,16 +7,12 @@
 use std::time::Duration;
 
 use qiria_test_support::authz::Stack;
-use qiria_test_support::jobs::{watch_to_end, with_token, Api};
+use qiria_test_support::jobs::{script, watch_to_end, with_token, Api};
 use qiria_test_support::tls::pki;
 use qiria_test_support::worker::{Leftovers, OuterCgroup, ScriptingWorker, GATEWAY_ID};
 use qiria_test_support::{wait_until, workspace_root};
 use worker_gateway::pb::job_service_client::JobServiceClient;
-use worker_gateway::pb::{CancelJobRequest, GetJobRequest, JobState, SubmitScriptRequest};
-
-fn script(body: &str) -> SubmitScriptRequest {
-    SubmitScriptRequest { language: "python".into(), body: body.into(), idempotency_key: String::new() }
-}
+use worker_gateway::pb::{CancelJobRequest, GetJobRequest, JobState};
 
 struct World {
     stack: Stack,

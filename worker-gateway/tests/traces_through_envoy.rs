@@ -7,14 +7,14 @@
 use std::time::Duration;
 
 use qiria_test_support::authz::{policy_with_flows, Stack};
-use qiria_test_support::jobs::{watch_to_end, with_token};
+use qiria_test_support::jobs::{flow, script, watch_to_end, with_token};
 use qiria_test_support::kestra::{KestraDouble, KestraOptions};
 use qiria_test_support::otlp::{OtlpReceiver, ReceivedSpan};
 use qiria_test_support::tls::pki;
 use qiria_test_support::wait_until;
 use qiria_test_support::worker::{OuterCgroup, ScriptingWorker, GATEWAY_ID};
 use worker_gateway::pb::job_service_client::JobServiceClient;
-use worker_gateway::pb::{JobState, SubmitScriptRequest, TriggerFlowRequest};
+use worker_gateway::pb::JobState;
 
 fn named<'a>(spans: &'a [ReceivedSpan], service: &str, name: &str) -> Vec<&'a ReceivedSpan> {
     spans.iter().filter(|s| s.service == service && s.name == name).collect()
@@ -43,20 +43,10 @@ async fn a_jobs_trace_goes_from_envoy_through_authz_and_the_gateway_to_kestra_an
     let api = JobServiceClient::connect(stack.envoy.url("")).await.expect("connect through Envoy");
     let alice = stack.token("alice", &["User"]);
 
-    let flow = TriggerFlowRequest {
-        namespace: "qiria.demo".into(),
-        flow_id: "hello".into(),
-        inputs: [("name".to_string(), "trace".to_string())].into(),
-        labels: Default::default(),
-        idempotency_key: String::new(),
-    };
+    let flow = flow("qiria.demo", "hello", &[("name", "trace")]);
     let flow_job = api.clone().trigger_flow(with_token(flow, &alice)).await.expect("trigger").into_inner();
-    let script = SubmitScriptRequest {
-        language: "python".into(),
-        body: "print(6 * 7)\n".into(),
-        idempotency_key: String::new(),
-    };
-    let script_job = api.clone().submit_script(with_token(script, &alice)).await.expect("submit").into_inner();
+    let script_job =
+        api.clone().submit_script(with_token(script("print(6 * 7)\n"), &alice)).await.expect("submit").into_inner();
     let (states, done) = watch_to_end(&api, &alice, &script_job.id).await;
     assert_eq!(states.last(), Some(&JobState::Success), "{done:?}");
 
