@@ -11,7 +11,11 @@ fn main() {
     };
     let token = fixture.token("alice", &["User"]);
     let request = qiria_benches::check_request(Some(&token), "GET", "/v1/jobs/42");
-    fixture.authorizer.check(&request); // the first decision fills the caches
+    // The first allowed decision fills the caches. Under callgrind (50× slower) the very first
+    // evaluation, on a cold engine, can exceed the policy's CPU budget and be denied: warm up
+    // until one is allowed, so that the measured loop is the path it is meant to be.
+    let warmed = (0..10).any(|_| fixture.authorizer.check(&request).0.status.is_some_and(|s| s.code == 0));
+    assert!(warmed, "no decision was allowed while warming up");
     assert_eq!(qiria_decisions(&fixture, &request, n), n, "every decision should allow");
 }
 
