@@ -300,3 +300,19 @@ async fn shadow_mode_allows_what_the_policy_denies_and_says_so() {
     assert_eq!(allowed.status, 200);
     assert_eq!(allowed.upstream_header("x-qiria-subject"), vec!["alice".to_string()]);
 }
+
+#[tokio::test]
+async fn a_route_in_shadow_mode_lets_denials_through_and_the_others_still_deny() {
+    let stack = Stack::start(AUTHZ).await;
+    // `/v1/preview…` carries the context extension `qiria.shadow: "true"` in the Envoy config.
+    let shadowed = stack.send(Http1, "GET", "/v1/preview/report", None, &[]).await;
+    assert_eq!(shadowed.status, 200, "the shadow route let it through: {shadowed:?}");
+    assert!(shadowed.reached_upstream());
+    let event = stack.authz.decision_log(&shadowed.decision_key().expect("request id")).await;
+    assert_eq!(event["qiria"]["shadow"], true, "{event}");
+    assert_eq!(event["qiria"]["allowed"], false, "{event}");
+    // Every other route enforces.
+    let enforced = stack.send(Http1, "GET", "/v1/jobs/42", None, &[]).await;
+    assert_eq!(enforced.status, 401);
+    assert!(!enforced.reached_upstream());
+}
