@@ -56,7 +56,7 @@ struct Exporting {
 static EXPORTING: OnceLock<Exporting> = OnceLock::new();
 
 /// Whether traces are exported at all.
-pub fn enabled(config: &TracingConfig) -> bool {
+fn enabled(config: &TracingConfig) -> bool {
     let env = |name: &str| std::env::var(name).is_ok_and(|v| !v.is_empty());
     let disabled = std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
     !disabled

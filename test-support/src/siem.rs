@@ -29,11 +29,7 @@ impl Siem {
     /// Writes its TLS files (server certificate of `pki`, clients must chain to its CA) and
     /// configuration under `dir`, starts it and waits until it accepts connections.
     pub async fn start(dir: &Path, pki: &TestPki) -> Self {
-        Self::start_on(dir, pki, free_port()).await
-    }
-
-    /// [`Self::start`] on `port` (a sender's config may name it before the SIEM runs).
-    pub async fn start_on(dir: &Path, pki: &TestPki, port: u16) -> Self {
+        let port = free_port();
         assert!(
             Path::new(RSYSLOGD).is_file(),
             "{RSYSLOGD} is missing: ./dev installs rsyslog, rsyslog-relp, rsyslog-gnutls"
