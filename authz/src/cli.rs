@@ -64,6 +64,10 @@ pub struct ServeArgs {
     /// Token verification.
     #[command(flatten)]
     pub verifier: VerifierArgs,
+    /// Load and check the configuration (file, environment, flags) and exit, 0 when it is
+    /// valid: what a deployment pipeline runs on a rendered config before rolling it out.
+    #[arg(long)]
+    pub check_config: bool,
     /// Logging.
     #[command(flatten)]
     pub log: LogArgs,

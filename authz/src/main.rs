@@ -35,6 +35,10 @@ fn main() -> ExitCode {
 
 fn serve(args: cli::ServeArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(args.config.as_deref(), args.overrides())?;
+    if args.check_config {
+        println!("authz: configuration ok");
+        return Ok(ExitCode::SUCCESS);
+    }
     qiria_runtime::logging::init(&config.log, "authz")?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async { authz::server::run(config, Shutdown::on(os_signal())).await })?;

@@ -73,6 +73,10 @@ pub struct ServeArgs {
     /// Master keys sealing personal data at rest [default: .stack/master-keys].
     #[arg(long)]
     pub master_keys_dir: Option<PathBuf>,
+    /// Load and check the configuration (file, environment, flags) and exit, 0 when it is
+    /// valid: what a deployment pipeline runs on a rendered config before rolling it out.
+    #[arg(long)]
+    pub check_config: bool,
     /// Logging.
     #[command(flatten)]
     pub log: LogArgs,

@@ -44,6 +44,10 @@ fn print(out: String) -> ExitCode {
 
 fn serve(args: cli::ServeArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(args.config.as_deref(), args.overrides())?;
+    if args.check_config {
+        println!("issuer: configuration ok");
+        return Ok(ExitCode::SUCCESS);
+    }
     qiria_runtime::logging::init(&config.log, "issuer")?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async { issuer::server::run(config, Shutdown::on(os_signal())).await })?;

@@ -37,6 +37,10 @@ struct ServeArgs {
     /// Token verification.
     #[command(flatten)]
     verifier: VerifierArgs,
+    /// Load and check the configuration (file, environment, flags) and exit, 0 when it is
+    /// valid: what a deployment pipeline runs on a rendered config before rolling it out.
+    #[arg(long)]
+    check_config: bool,
     /// Logging.
     #[command(flatten)]
     log: LogArgs,
@@ -53,6 +57,10 @@ fn main() -> ExitCode {
         .set("store.database_url", args.database_url.clone());
     let overrides = args.log.apply(args.verifier.apply(overrides)).into_figment();
     let result = Config::load(args.config.as_deref(), overrides).map_err(anyhow::Error::from).and_then(|config| {
+        if args.check_config {
+            println!("worker-gateway: configuration ok");
+            return Ok(());
+        }
         qiria_runtime::logging::init(&config.log, "worker-gateway")?;
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
         let served = runtime.block_on(async { worker_gateway::server::run(config, Shutdown::on(os_signal())).await });
