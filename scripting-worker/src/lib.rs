@@ -26,6 +26,12 @@ pub mod pb {
     tonic::include_proto!("qiria.sandbox.v1");
 }
 
+/// Builds the sandbox's root filesystem under `out/rootfs` (as the runsc backend does under
+/// its state directory) and returns where it is.
+pub fn build_rootfs(config: &config::Config, out: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
+    Ok(rootfs::build(out, &config.sandbox.python, &config.sandbox.packages)?.dir)
+}
+
 /// The Kubernetes objects the `kubernetes` backend needs in a cluster before its first run:
 /// the sandbox namespace, its deny-all NetworkPolicy and LimitRange, the worker's
 /// ServiceAccount, Role and RoleBinding, the `gvisor` RuntimeClass and the admission policy

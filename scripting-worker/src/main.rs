@@ -25,6 +25,17 @@ enum Cli {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Build the sandbox's root filesystem into OUT/rootfs — the host's Python, its standard
+    /// library, the allow-listed `sandbox.packages`, nothing else: what the runsc backend
+    /// mounts, and what `./dev images` makes the `kubernetes` backend's image of.
+    Rootfs {
+        /// TOML configuration file.
+        #[arg(long, short = 'c', env = "QIRIA_WORKER_CONFIG")]
+        config: Option<PathBuf>,
+        /// Where to build it.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -38,6 +49,10 @@ struct ServeArgs {
     /// Address of /metrics and /health [default: 127.0.0.1:9199].
     #[arg(long)]
     admin_addr: Option<String>,
+    /// Load and check the configuration (file, environment, flags) and exit, 0 when it is
+    /// valid: what a deployment pipeline runs on a rendered config before rolling it out.
+    #[arg(long)]
+    check_config: bool,
     /// Logging.
     #[command(flatten)]
     log: LogArgs,
@@ -47,12 +62,17 @@ fn main() -> ExitCode {
     let args = match Cli::parse() {
         Cli::Serve(args) => args,
         Cli::Manifests { config, out } => return manifests(config.as_deref(), &out),
+        Cli::Rootfs { config, out } => return rootfs(config.as_deref(), &out),
     };
     let overrides = Overrides::default()
         .set("server.grpc_addr", args.grpc_addr.clone())
         .set("server.admin_addr", args.admin_addr.clone());
     let overrides = args.log.apply(overrides).into_figment();
     let result = Config::load(args.config.as_deref(), overrides).map_err(anyhow::Error::from).and_then(|config| {
+        if args.check_config {
+            println!("scripting-worker: configuration ok");
+            return Ok(());
+        }
         qiria_runtime::logging::init(&config.log, "scripting-worker")?;
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
         let served = runtime.block_on(async { scripting_worker::server::run(config, Shutdown::on(os_signal())).await });
@@ -85,6 +105,22 @@ fn manifests(config: Option<&std::path::Path>, out: &std::path::Path) -> ExitCod
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("scripting-worker manifests: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn rootfs(config: Option<&std::path::Path>, out: &std::path::Path) -> ExitCode {
+    let built = Config::load(config, figment::Figment::new())
+        .map_err(anyhow::Error::from)
+        .and_then(|config| Ok(scripting_worker::build_rootfs(&config, out)?));
+    match built {
+        Ok(dir) => {
+            println!("{}", dir.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("scripting-worker rootfs: {e:#}");
             ExitCode::from(2)
         }
     }
