@@ -28,6 +28,12 @@ pub struct DecisionLabels {
 }
 
 /// Labels of a reload counter.
+/// A key of the live verification key set.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyLabels {
+    pub kid: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReloadLabels {
     /// `ok` or `rejected`.
@@ -49,6 +55,8 @@ pub struct Metrics {
     pub key_reloads: Family<ReloadLabels, Counter>,
     /// Keys in the live key set.
     pub keys_loaded: Gauge,
+    /// 1 for each key id of the live key set (bounded by the mounted secret's files).
+    pub key_active: Family<KeyLabels, Gauge>,
     /// Verified tokens in the cache.
     pub cached_tokens: Gauge,
     /// Evaluation outcomes the policy library counts (limits, stalls, panics).
@@ -77,6 +85,8 @@ impl Default for Metrics {
         registry.register("policy_reloads", "Policy bundle reloads", policy_reloads.clone());
         registry.register("key_reloads", "Verification key directory reloads", key_reloads.clone());
         registry.register("keys_loaded", "Keys in the live verification key set", keys_loaded.clone());
+        let key_active = Family::<KeyLabels, Gauge>::default();
+        registry.register("key_active", "Key ids of the live verification key set (1 each)", key_active.clone());
         registry.register("cached_tokens", "Verified tokens in the cache", cached_tokens.clone());
         let evaluation = Arc::new(EvalCounters::default());
         let view = |read: fn(&EvalCounters) -> u64| CounterView { counters: evaluation.clone(), read };
@@ -121,6 +131,7 @@ impl Default for Metrics {
             policy_reloads,
             key_reloads,
             keys_loaded,
+            key_active,
             cached_tokens,
             evaluation,
             decision_log,
@@ -129,6 +140,15 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The live key set's size and key ids; keys that left it leave `key_active` too.
+    pub fn set_active_keys(&self, kids: &[String]) {
+        self.keys_loaded.set(i64::try_from(kids.len()).unwrap_or(i64::MAX));
+        self.key_active.clear();
+        for kid in kids {
+            self.key_active.get_or_create(&KeyLabels { kid: kid.clone() }).set(1);
+        }
+    }
+
     /// The registry in Prometheus text format.
     pub fn encode(&self) -> String {
         let mut out = String::new();

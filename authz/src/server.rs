@@ -72,8 +72,8 @@ impl Service {
         let mut health = self.health();
         let result = match self.verifier.reload_keys(&self.config.jwt.keys_dir, &mut health.keys) {
             KeyReload::Unchanged => return,
-            KeyReload::Activated { keys, partial } => {
-                self.metrics.keys_loaded.set(i64::try_from(keys).unwrap_or(i64::MAX));
+            KeyReload::Activated { kids, partial } => {
+                self.metrics.set_active_keys(&kids);
                 if partial {
                     "partial"
                 } else {

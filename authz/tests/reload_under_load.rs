@@ -155,6 +155,13 @@ async fn keys_added_and_removed_under_load() {
     })
     .await;
     assert!(added, "new key never verified");
+    let metrics = stack.authz.metrics().await;
+    for kid in [stack.key.kid.as_str(), "test-ec-2"] {
+        assert!(
+            metrics.contains(&format!("qiria_authz_key_active{{kid=\"{kid}\"}} 1")),
+            "{kid} not active:\n{metrics}"
+        );
+    }
 
     // A file that is not a key is reported and skipped; the keys beside it keep verifying.
     std::fs::write(stack.keys_dir.join("garbage.pem"), "-----BEGIN PUBLIC KEY-----\nnope\n").unwrap();
@@ -193,4 +200,7 @@ async fn keys_added_and_removed_under_load() {
     assert!(health["keys"]["last_error"].as_str().is_some_and(|e| e.contains("unreadable.pem")), "{health}");
     let metrics = stack.authz.metrics().await;
     assert!(metrics.contains("qiria_authz_key_reloads_total{result=\"partial\"}"), "{metrics}");
+    // The removed key left the active key ids; the other one is still there.
+    assert!(!metrics.contains(&format!("qiria_authz_key_active{{kid=\"{}\"}}", stack.key.kid)), "{metrics}");
+    assert!(metrics.contains("qiria_authz_key_active{kid=\"test-ec-2\"} 1"), "{metrics}");
 }

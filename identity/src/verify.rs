@@ -160,14 +160,14 @@ impl VerifierSettings {
 }
 
 /// What [`TokenVerifier::reload_keys`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyReload {
     /// Nothing new.
     Unchanged,
     /// A new key set verifies; `partial` when some files were skipped.
     Activated {
-        /// Keys in the set.
-        keys: usize,
+        /// The set's key ids (what `/metrics` shows as `key_active{kid}`).
+        kids: Vec<String>,
         /// Some files were reported and skipped.
         partial: bool,
     },
@@ -293,7 +293,8 @@ impl<A: Default> TokenVerifier<A> {
         if let Some(skipped) = &skipped {
             audit::record(AuditEvent::KeySetRejected { error: skipped });
         }
-        let outcome = KeyReload::Activated { keys: keys.len(), partial: skipped.is_some() };
+        let outcome =
+            KeyReload::Activated { kids: keys.kids().map(str::to_string).collect(), partial: skipped.is_some() };
         *status = ComponentStatus { last_error: skipped, ..ComponentStatus::activated(keys.fingerprint(), keys.len()) };
         self.set_keys(keys);
         outcome

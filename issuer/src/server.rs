@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use qiria_identity::{KeyReload, TokenVerifier};
@@ -62,6 +63,8 @@ struct Service {
     /// For its saturation metrics.
     hashing: Arc<HashingPool>,
     keys_loaded: Gauge,
+    /// 1 for each key id of the live verification key set.
+    key_active: Family<Vec<(String, String)>, Gauge>,
 }
 
 impl Service {
@@ -71,8 +74,13 @@ impl Service {
 
     fn reload_keys(&self) {
         let outcome = self.verifier.reload_keys(&self.config.jwt.keys_dir, &mut self.health().keys);
-        if let KeyReload::Activated { keys, .. } = outcome {
-            self.keys_loaded.set(i64::try_from(keys).unwrap_or(i64::MAX));
+        if let KeyReload::Activated { kids, .. } = outcome {
+            self.keys_loaded.set(i64::try_from(kids.len()).unwrap_or(i64::MAX));
+            // Keys that left the set leave the metric too.
+            self.key_active.clear();
+            for kid in kids {
+                self.key_active.get_or_create(&vec![("kid".to_string(), kid)]).set(1);
+            }
             // A signing key held back until its public half was published may take over now.
             self.reload_signing();
         }
@@ -156,6 +164,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let mut registry = Registry::with_prefix("qiria_issuer");
     let keys_loaded = Gauge::default();
     registry.register("keys_loaded", "Keys in the live verification key set", keys_loaded.clone());
+    let key_active = Family::<Vec<(String, String)>, Gauge>::default();
+    registry.register("key_active", "Key ids of the live verification key set (1 each)", key_active.clone());
     let service = Arc::new(Service {
         verifier: Arc::new(TokenVerifier::new(&config.verifier())),
         policy: Arc::new(LivePolicy::new(config.policy.dir.clone(), config.policy.bundle_options())),
@@ -164,6 +174,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         signing_turn: Mutex::new(()),
         registry,
         keys_loaded,
+        key_active,
         hashing: hashing.clone(),
         config: config.clone(),
     });
