@@ -36,7 +36,7 @@ use crate::decision::{Decision, SharedDecision};
 use crate::envoy_input;
 
 /// Erased from every event whatever the configuration says (a configured `mask` adds to it).
-pub const DEFAULT_MASK: [&str; 9] = [
+pub const DEFAULT_MASK: [&str; 10] = [
     "/input/attributes/request/http/headers/authorization",
     "/input/attributes/request/http/headers/proxy-authorization",
     "/input/attributes/request/http/headers/cookie",
@@ -47,6 +47,8 @@ pub const DEFAULT_MASK: [&str; 9] = [
     "/input/attributes/request/http/rawBody",
     "/input/parsed_body/password",
     "/input/parsed_body/refresh_token",
+    // What RFC 7009 revocation (and RFC 7662 introspection) posts: a refresh token too.
+    "/input/parsed_body/token",
     // The job API's script (`SubmitScript.body`).
     "/input/parsed_body/body",
 ];

@@ -41,7 +41,7 @@ fn config(dir: &Path, toml: &str) -> String {
 /// POSTs a JSON body full of secrets to `path` through Envoy, with a bearer token, a cookie,
 /// and two headers of our own.
 fn secrets_body() -> Value {
-    json!({ "username": "alice", "password": PASSWORD, "refresh_token": REFRESH, "body": SCRIPT })
+    json!({ "username": "alice", "password": PASSWORD, "refresh_token": REFRESH, "token": REFRESH, "body": SCRIPT })
 }
 
 async fn post_secrets(stack: &Stack, path: &str, token: &str) -> u16 {
@@ -150,7 +150,7 @@ async fn events_have_opas_shape_and_secrets_and_named_fields_are_erased() {
     assert!(http.get("body").is_none() && http.get("rawBody").is_none(), "the raw body is erased: {http}");
     let parsed = &allowed["input"]["parsed_body"];
     assert_eq!(parsed["username"], "alice", "the rest of the body is kept");
-    for field in ["password", "refresh_token", "body"] {
+    for field in ["password", "refresh_token", "token", "body"] {
         assert!(parsed.get(field).is_none(), "{field} logged: {parsed}");
     }
     let erased = strings(&allowed["erased"]);
@@ -161,6 +161,7 @@ async fn events_have_opas_shape_and_secrets_and_named_fields_are_erased() {
         "/input/attributes/request/http/rawBody",
         "/input/parsed_body/password",
         "/input/parsed_body/refresh_token",
+        "/input/parsed_body/token",
         "/input/parsed_body/body",
     ] {
         assert!(erased.contains(&pointer), "{pointer} not listed as erased: {erased:?}");
