@@ -9,6 +9,8 @@ pub mod gateway;
 pub mod issuer;
 pub mod jobs;
 pub mod kestra;
+pub mod manifests;
+pub mod netpol;
 pub mod otlp;
 pub mod postgres;
 pub mod process;
