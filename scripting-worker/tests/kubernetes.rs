@@ -10,9 +10,10 @@
 //! checked — path, token, TLS against the cluster's CA only, the Job body against the schemas
 //! — and so is what the gateway gets back for each way the cluster fails.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
+use qiria_test_support::manifests::{kubernetes_validate, passed, write_each};
 use qiria_test_support::recorder::Recorder;
 use qiria_test_support::tls::{pki, pki_with_clients, TestPki};
 use qiria_test_support::worker::{OuterCgroup, ScriptingWorker, GATEWAY_ID};
@@ -21,48 +22,8 @@ use scripting_worker::pb::script_runner_client::ScriptRunnerClient;
 use scripting_worker::pb::RunRequest;
 use serde_json::{json, Value};
 
-const KUBERNETES_VERSION: &str = "1.32.0";
 const RUN_ID: &str = "run-0123456789abcdef0123456789abcdef";
 const JOB_UID: &str = "3f0c1e9a-5b7d-4c2e-9f10-6a8b2c4d6e8f";
-
-fn validator() -> PathBuf {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/kubernetes-validate");
-    assert!(
-        path.is_file(),
-        "{} is missing: run ./dev (or .venv/bin/python3 -m pip install kubernetes-validate)",
-        path.display()
-    );
-    path
-}
-
-/// Each manifest in a file of its own, named by kind and name.
-fn write_all(dir: &Path, manifests: &[Value]) -> Vec<PathBuf> {
-    manifests
-        .iter()
-        .map(|manifest| {
-            let kind = manifest["kind"].as_str().expect("a kind").to_lowercase();
-            let name = manifest["metadata"]["name"].as_str().expect("a name");
-            let path = dir.join(format!("{kind}-{name}.json"));
-            std::fs::write(&path, serde_json::to_vec_pretty(manifest).expect("json")).expect("write");
-            path
-        })
-        .collect()
-}
-
-struct Verdict {
-    success: bool,
-    output: String,
-}
-
-fn validate(files: &[PathBuf]) -> Verdict {
-    let out = Command::new(validator())
-        .args(["--strict", "-k", KUBERNETES_VERSION])
-        .args(files)
-        .output()
-        .expect("kubernetes-validate runs");
-    let output = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    Verdict { success: out.status.success(), output }
-}
 
 fn all_manifests() -> Vec<Value> {
     let config = Config::default();
@@ -91,17 +52,12 @@ fn every_generated_manifest_passes_the_kubernetes_schemas() {
         assert!(kinds.contains(&kind), "no {kind} among {kinds:?}");
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let files = write_all(dir.path(), &manifests);
-    let verdict = validate(&files);
+    let files = write_each(dir.path(), &manifests);
+    let verdict = kubernetes_validate(&files);
     assert!(verdict.success, "kubernetes-validate refused a manifest:\n{}", verdict.output);
     // An unknown kind is only a warning: every file must have been checked against a schema.
     for file in &files {
-        let shown = file.display().to_string();
-        assert!(
-            verdict.output.lines().any(|l| l.starts_with("INFO") && l.contains(&shown) && l.contains("passed")),
-            "{shown} was not validated:\n{}",
-            verdict.output
-        );
+        assert!(passed(&verdict, file), "{} was not validated:\n{}", file.display(), verdict.output);
     }
     assert!(!verdict.output.contains("WARN"), "{}", verdict.output);
 }
@@ -116,7 +72,7 @@ fn the_validator_rejects_a_job_with_a_wrong_field_type_or_an_unknown_field() {
     wrong_type["spec"]["backoffLimit"] = json!("zero");
     let file = dir.path().join("wrong-type.json");
     std::fs::write(&file, serde_json::to_vec(&wrong_type).expect("json")).expect("write");
-    let verdict = validate(std::slice::from_ref(&file));
+    let verdict = kubernetes_validate(std::slice::from_ref(&file));
     assert!(!verdict.success, "a string backoffLimit was accepted:\n{}", verdict.output);
     assert!(verdict.output.contains("backoffLimit"), "{}", verdict.output);
 
@@ -124,7 +80,7 @@ fn the_validator_rejects_a_job_with_a_wrong_field_type_or_an_unknown_field() {
     unknown["spec"]["template"]["spec"]["containers"][0]["privilegedd"] = json!(false);
     let file = dir.path().join("unknown-field.json");
     std::fs::write(&file, serde_json::to_vec(&unknown).expect("json")).expect("write");
-    let verdict = validate(std::slice::from_ref(&file));
+    let verdict = kubernetes_validate(std::slice::from_ref(&file));
     assert!(!verdict.success, "an unknown field was accepted (is --strict in effect?):\n{}", verdict.output);
     assert!(verdict.output.contains("privilegedd"), "{}", verdict.output);
 }
@@ -164,7 +120,7 @@ fn scripting_worker_manifests_writes_them_from_the_config_and_refuses_an_unpinne
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let files: Vec<PathBuf> = std::fs::read_dir(&out).expect("written").flatten().map(|e| e.path()).collect();
     assert!(files.len() >= 8, "{files:?}");
-    let verdict = validate(&files);
+    let verdict = kubernetes_validate(&files);
     assert!(verdict.success, "{}", verdict.output);
     let namespace: Value = serde_json::from_slice(
         &std::fs::read(files.iter().find(|f| f.to_string_lossy().contains("-namespace-")).expect("a namespace"))
@@ -279,8 +235,8 @@ async fn the_kubernetes_backend_sends_the_job_with_the_token_to_the_api_server_a
     let name = body["metadata"]["name"].as_str().expect("a name");
     assert!(name.starts_with("run-") && name.len() == 36, "{name}");
     // What was sent, not only what the library makes, passes the schemas.
-    let files = write_all(worker.dir.path(), std::slice::from_ref(&body));
-    let verdict = validate(&files);
+    let files = write_each(worker.dir.path(), std::slice::from_ref(&body));
+    let verdict = kubernetes_validate(&files);
     assert!(verdict.success, "the Job sent was refused by the schemas:\n{}", verdict.output);
     // The token reaches the API server and no log.
     assert!(!worker.worker.output().contains(TOKEN), "the token is in the worker's log");
