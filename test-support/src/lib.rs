@@ -10,6 +10,7 @@ pub mod issuer;
 pub mod jobs;
 pub mod kestra;
 pub mod manifests;
+pub mod mesh;
 pub mod netpol;
 pub mod otlp;
 pub mod postgres;

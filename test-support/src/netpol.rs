@@ -47,6 +47,10 @@ pub struct Pod {
     pub ports: Vec<Port>,
     /// Only for peers outside the pod network (the API server): what `ipBlock` matches.
     pub ip: Option<Ipv4Addr>,
+    /// Its mesh identity (`cluster.local/ns/<ns>/sa/<account>`) when it has a sidecar (its
+    /// namespace has `istio-injection: enabled`) or is a gateway; what Istio's
+    /// AuthorizationPolicies match ([`crate::mesh`]).
+    pub principal: Option<String>,
 }
 
 /// Namespaces, pods and the NetworkPolicies between them.
@@ -90,8 +94,10 @@ impl Cluster {
                             protocol: p["protocol"].as_str().unwrap_or("TCP").to_string(),
                         })
                         .collect();
+                    let account = template["spec"]["serviceAccountName"].as_str().unwrap_or("default");
                     cluster.pods.push(Pod {
                         name: object["metadata"]["name"].as_str().unwrap_or_default().to_string(),
+                        principal: Some(format!("cluster.local/ns/{namespace}/sa/{account}")),
                         namespace,
                         labels: labels_of(&template["metadata"]["labels"]),
                         ports,
@@ -99,6 +105,13 @@ impl Cluster {
                     });
                 }
                 _ => {}
+            }
+        }
+        // Only pods with a sidecar have a mesh identity.
+        for pod in &mut cluster.pods {
+            let injected = cluster.namespaces.get(&pod.namespace).and_then(|l| l.get("istio-injection"));
+            if injected.map(String::as_str) != Some("enabled") {
+                pod.principal = None;
             }
         }
         cluster
@@ -127,6 +140,12 @@ impl Cluster {
     /// Every connection the policies allow, between any two pods (a pod to itself left out),
     /// restricted to pairs where at least one end is in `namespaces`.
     pub fn matrix(&self, namespaces: &[&str]) -> BTreeSet<Edge> {
+        self.matrix_where(namespaces, |from, to, port| self.allows(from, to, port))
+    }
+
+    /// The same for any rule of who may connect (`allowed`): another layer's, or several
+    /// together.
+    pub fn matrix_where(&self, namespaces: &[&str], allowed: impl Fn(&Pod, &Pod, &Port) -> bool) -> BTreeSet<Edge> {
         let mut edges = BTreeSet::new();
         for from in &self.pods {
             for to in &self.pods {
@@ -137,7 +156,7 @@ impl Cluster {
                     continue;
                 }
                 for port in &to.ports {
-                    if self.allows(from, to, port) {
+                    if allowed(from, to, port) {
                         edges.insert(format!("{} -> {}:{}/{}", from.name, to.name, port.number, port.protocol));
                     }
                 }
@@ -274,6 +293,7 @@ mod tests {
             labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             ports,
             ip: None,
+            principal: None,
         }
     }
 

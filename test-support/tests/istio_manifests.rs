@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use qiria_test_support::manifests::{self, istio_validate, kubernetes_validate, render, trivy_config};
+use qiria_test_support::mesh::MeshPolicies;
 use qiria_test_support::netpol::{Cluster, Pod, Port};
 use qiria_test_support::{binary, workspace_root};
 use serde_json::Value;
@@ -423,6 +424,11 @@ fn cluster(objects: &[Value], api_server: Ipv4Addr) -> Cluster {
         labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         ports,
         ip: None,
+        principal: None,
+    };
+    let meshed = |pod: Pod, account: &str| Pod {
+        principal: Some(format!("cluster.local/ns/{}/sa/{account}", pod.namespace)),
+        ..pod
     };
     for workload in WORKLOADS {
         // The sidecar's merged Prometheus endpoint.
@@ -432,7 +438,15 @@ fn cluster(objects: &[Value], api_server: Ipv4Addr) -> Cluster {
     }
     cluster.namespace("shop", &BTreeMap::from([("istio-injection".to_string(), "enabled".to_string())]));
     for pod in [
-        peer("ingress-gateway", "istio-system", &[("istio", "ingressgateway")], vec![Port::tcp(8080), Port::tcp(8443)]),
+        meshed(
+            peer(
+                "ingress-gateway",
+                "istio-system",
+                &[("istio", "ingressgateway")],
+                vec![Port::tcp(8080), Port::tcp(8443)],
+            ),
+            "istio-ingressgateway-service-account",
+        ),
         peer("istiod", "istio-system", &[("app", "istiod")], vec![Port::tcp(15012), Port::tcp(15017)]),
         peer("kube-dns", "kube-system", &[("k8s-app", "kube-dns")], vec![Port::udp(53), Port::tcp(53)]),
         peer("otel-collector", "observability", &[("app.kubernetes.io/name", "otel-collector")], vec![Port::tcp(4317)]),
@@ -440,7 +454,7 @@ fn cluster(objects: &[Value], api_server: Ipv4Addr) -> Cluster {
         peer("kestra", "kestra", &[("app.kubernetes.io/name", "kestra")], vec![Port::tcp(8443), Port::tcp(8080)]),
         peer("prometheus", "monitoring", &[("app.kubernetes.io/name", "prometheus")], vec![Port::tcp(9090)]),
         peer("postgresql", "postgres", &[("app.kubernetes.io/name", "postgresql")], vec![Port::tcp(5432)]),
-        peer("mesh-frontend", "shop", &[("app", "frontend")], vec![Port::tcp(8080)]),
+        meshed(peer("mesh-frontend", "shop", &[("app", "frontend")], vec![Port::tcp(8080)]), "frontend"),
         peer("outside-pod", "legacy", &[("app", "legacy")], vec![Port::tcp(8080)]),
         peer("sandbox-run", "qiria-sandbox", &[("job-name", "run")], vec![Port::tcp(8000)]),
         Pod { ip: Some(api_server), ..peer("api-server", "host-network", &[], vec![Port::tcp(443), Port::tcp(6443)]) },
@@ -461,13 +475,12 @@ fn api_server(overlay: &str) -> Ipv4Addr {
 /// Every connection that should be possible, and nothing else.
 fn intended(overlay: &str) -> BTreeSet<String> {
     let mut edges = Vec::new();
-    for (workload, metrics) in [("authz", 9192), ("issuer", 9195), ("worker-gateway", 9197), ("scripting-worker", 9199)]
-    {
+    for workload in WORKLOADS {
         for to in ["istiod:15012/TCP", "kube-dns:53/UDP", "kube-dns:53/TCP", "otel-collector:4317/TCP", "siem:2514/TCP"]
         {
             edges.push(format!("{workload} -> {to}"));
         }
-        edges.push(format!("prometheus -> {workload}:{metrics}/TCP"));
+        // Metrics through the sidecar agent's merged endpoint.
         edges.push(format!("prometheus -> {workload}:15020/TCP"));
     }
     edges.extend(
@@ -503,13 +516,74 @@ fn difference(actual: &BTreeSet<String>, wanted: &BTreeSet<String>) -> String {
     format!("allowed but not intended: {extra:#?}\nintended but not allowed: {missing:#?}")
 }
 
+/// Istio's policies (the mesh's and the overlay's).
+fn mesh(objects: &[Value]) -> MeshPolicies {
+    let mut all = mesh_objects();
+    all.extend(objects.iter().cloned());
+    MeshPolicies::from_manifests(&all)
+}
+
 #[test]
 fn the_reachability_matrix_is_the_intended_one() {
     for overlay in OVERLAYS {
-        let matrix = cluster(&rendered(overlay), api_server(overlay)).matrix(&["qiria", "qiria-sandbox"]);
+        let objects = rendered(overlay);
+        let cluster = cluster(&objects, api_server(overlay));
+        let matrix = cluster.matrix(&["qiria", "qiria-sandbox"]);
         let wanted = intended(overlay);
         assert_eq!(matrix, wanted, "{overlay}:\n{}", difference(&matrix, &wanted));
+        // Istio's layer on top takes nothing the design needs away.
+        let mesh = mesh(&objects);
+        let both = cluster
+            .matrix_where(&["qiria", "qiria-sandbox"], |f, t, p| cluster.allows(f, t, p) && mesh.admits(f, t, p));
+        assert_eq!(both, wanted, "{overlay}, with Istio's policies:\n{}", difference(&both, &wanted));
     }
+}
+
+/// Who reaches each listener of our workloads through Istio's layer alone (mutual TLS and the
+/// AuthorizationPolicies, whatever the NetworkPolicies say): `workload:port/protocol` → callers.
+fn mesh_callers(objects: &[Value], overlay: &str) -> BTreeMap<String, BTreeSet<String>> {
+    let mesh = mesh(objects);
+    let cluster = cluster(objects, api_server(overlay));
+    let mut callers: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for edge in cluster.matrix_where(&["qiria"], |f, t, p| t.namespace == "qiria" && mesh.admits(f, t, p)) {
+        let (from, to) = edge.split_once(" -> ").expect("an edge");
+        callers.entry(to.to_string()).or_default().insert(from.to_string());
+    }
+    callers
+}
+
+fn set(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|n| n.to_string()).collect()
+}
+
+#[test]
+fn istio_admits_each_listener_only_its_callers_and_nobody_without_mutual_tls() {
+    let meshed = ["ingress-gateway", "mesh-frontend", "authz", "issuer", "worker-gateway", "scripting-worker"];
+    for overlay in OVERLAYS {
+        let callers = mesh_callers(&rendered(overlay), overlay);
+        let of = |listener: &str| callers.get(listener).cloned().unwrap_or_default();
+        let meshed_but = |me: &str| set(&meshed.iter().copied().filter(|m| *m != me).collect::<Vec<_>>());
+        // authz: any mesh identity (the NetworkPolicy narrows it to mesh namespaces).
+        assert_eq!(of("authz:9191/TCP"), meshed_but("authz"), "{overlay}");
+        assert_eq!(of("issuer:9193/TCP"), set(&["ingress-gateway"]), "{overlay}");
+        assert_eq!(of("issuer:9194/TCP"), set(&["ingress-gateway"]), "{overlay}: the admin API");
+        assert_eq!(of("worker-gateway:9196/TCP"), set(&["ingress-gateway"]), "{overlay}");
+        assert_eq!(of("scripting-worker:9198/TCP"), set(&["worker-gateway"]), "{overlay}");
+        for (listener, from) in &callers {
+            if !listener.ends_with(":15020/TCP") {
+                assert!(
+                    from.iter().all(|f| meshed.contains(&f.as_str())),
+                    "{overlay}: {listener} admits a caller without mutual TLS: {from:?}"
+                );
+            }
+        }
+    }
+    // A loosened copy: the worker's AuthorizationPolicy admitting any mesh identity.
+    let objects = rendered_with("prod", "istio/base/scripting-worker/authorization-policy.yaml", |t| {
+        t.replacen("              - cluster.local/ns/qiria/sa/worker-gateway\n", "              - \"*\"\n", 1)
+    });
+    let loosened = mesh_callers(&objects, "prod");
+    assert!(loosened["scripting-worker:9198/TCP"].contains("mesh-frontend"), "{loosened:?}");
 }
 
 /// A copy of what the overlays render from (istio/ and the policy bundle) with `edit` applied
