@@ -313,7 +313,9 @@ fn allow(
     decision_id: &str,
 ) -> (CheckResponse, u16) {
     let reserved = |name: &str| {
-        name.len() >= RESERVED_PREFIX.len() && name[..RESERVED_PREFIX.len()].eq_ignore_ascii_case(RESERVED_PREFIX)
+        // By bytes: a policy's header name may hold a multi-byte character where the prefix ends,
+        // and slicing the str there would panic on the request path.
+        name.as_bytes().get(..RESERVED_PREFIX.len()).is_some_and(|p| p.eq_ignore_ascii_case(RESERVED_PREFIX.as_bytes()))
     };
     let mut headers: Vec<HeaderValueOption> =
         decision.headers.iter().filter(|(k, _)| !reserved(k)).map(|(k, v)| header(k, v)).collect();
