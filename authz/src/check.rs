@@ -491,3 +491,22 @@ fn record_decision(span: &tracing::Span, response: &CheckResponse, policy: &Live
         span.record("qiria.decision_id", id.as_str());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_policy_header_with_a_multibyte_character_where_the_reserved_prefix_ends_is_kept() {
+        // "x-qiria" is 7 bytes, then 'é' is 2: byte 8, where "x-qiria-" ends, is inside it.
+        let decision = Decision {
+            allowed: true,
+            headers: vec![("x-qiriaé".into(), "kept".into()), ("X-Qiria-Subject".into(), "forged".into())],
+            ..Default::default()
+        };
+        let (response, _) = allow(&decision, None, None, true, "id");
+        let Some(HttpResponse::OkResponse(ok)) = response.http_response else { panic!("not an allow") };
+        let names: Vec<_> = ok.headers.iter().filter_map(|h| h.header.as_ref().map(|h| h.key.as_str())).collect();
+        assert_eq!(names, ["x-qiriaé"], "the reserved one is dropped, the other kept");
+    }
+}
