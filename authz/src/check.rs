@@ -313,7 +313,9 @@ fn allow(
     decision_id: &str,
 ) -> (CheckResponse, u16) {
     let reserved = |name: &str| {
-        name.len() >= RESERVED_PREFIX.len() && name[..RESERVED_PREFIX.len()].eq_ignore_ascii_case(RESERVED_PREFIX)
+        // By bytes: a policy's header name may hold a multi-byte character where the prefix ends,
+        // and slicing the str there would panic on the request path.
+        name.as_bytes().get(..RESERVED_PREFIX.len()).is_some_and(|p| p.eq_ignore_ascii_case(RESERVED_PREFIX.as_bytes()))
     };
     let mut headers: Vec<HeaderValueOption> =
         decision.headers.iter().filter(|(k, _)| !reserved(k)).map(|(k, v)| header(k, v)).collect();
@@ -487,5 +489,24 @@ fn record_decision(span: &tracing::Span, response: &CheckResponse, policy: &Live
     let id = response.dynamic_metadata.as_ref().and_then(|m| m.fields.get(DECISION_ID_KEY));
     if let Some(Kind::StringValue(id)) = id.and_then(|v| v.kind.as_ref()) {
         span.record("qiria.decision_id", id.as_str());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_policy_header_with_a_multibyte_character_where_the_reserved_prefix_ends_is_kept() {
+        // "x-qiria" is 7 bytes, then 'é' is 2: byte 8, where "x-qiria-" ends, is inside it.
+        let decision = Decision {
+            allowed: true,
+            headers: vec![("x-qiriaé".into(), "kept".into()), ("X-Qiria-Subject".into(), "forged".into())],
+            ..Default::default()
+        };
+        let (response, _) = allow(&decision, None, None, true, "id");
+        let Some(HttpResponse::OkResponse(ok)) = response.http_response else { panic!("not an allow") };
+        let names: Vec<_> = ok.headers.iter().filter_map(|h| h.header.as_ref().map(|h| h.key.as_str())).collect();
+        assert_eq!(names, ["x-qiriaé"], "the reserved one is dropped, the other kept");
     }
 }

@@ -9,6 +9,9 @@
 //!
 //! It holds public keys, policies and its own TLS keys: no database, no signing or sealing
 //! key, no password hashing (those are the issuer's, in its own process).
+// Code that ships: no unwrap()/expect()/panic!() outside tests (a panic on a request path
+// takes the request, or the task serving it, down with it). Errors are returned or handled.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod check;
 pub mod cli;

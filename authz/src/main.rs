@@ -1,4 +1,7 @@
 //! `authz`: parses the command line and config, sets up logging, runs a subcommand.
+// Code that ships: no unwrap()/expect()/panic!() outside tests (a panic on a request path
+// takes the request, or the task serving it, down with it). Errors are returned or handled.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 use std::process::ExitCode;
 

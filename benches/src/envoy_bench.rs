@@ -231,7 +231,7 @@ enum Measure {
     MaxOnly,
 }
 
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments, reason = "one measured run's settings, passed as they are read")]
 fn run_one(
     setup: &Setup,
     measure: Measure,

@@ -4,6 +4,9 @@
 //! hashing caches file entries under (`hash`).
 //!
 //! It holds public keys only, and knows nothing of policies, Envoy or databases.
+// Code that ships: no unwrap()/expect()/panic!() outside tests (a panic on a request path
+// takes the request, or the task serving it, down with it). Errors are returned or handled.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 mod error;
 mod hash;

@@ -4,6 +4,7 @@
 //! logins must not pile up memory (19 MiB per hash in flight) or threads, leave callers hanging,
 //! nor slow down anything else on the node. The workers run at a lower CPU priority, so that on
 //! a shared node the decision path (authz, Envoy) is served first.
+#![allow(unsafe_code, reason = "libc: mallopt (allocator tuning) and setpriority (this thread's nice level)")]
 
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};

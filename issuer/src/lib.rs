@@ -4,6 +4,9 @@
 //! store (`store`), signing keys (`signing`), bounded password hashing (`hashing`), rate limits
 //! and lockout (`throttle`), who the client is (`client_addr`), every failure mapped to HTTP
 //! in one place (`errors`). `server` wires them; `config` says how; `cli` is the command line.
+// Code that ships: no unwrap()/expect()/panic!() outside tests (a panic on a request path
+// takes the request, or the task serving it, down with it). Errors are returned or handled.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod admin_api;
 pub mod cli;

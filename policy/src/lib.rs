@@ -4,6 +4,9 @@
 //! OPA builtins regorus lacks (`io.jwt.*`, `crypto.*`: `builtins`).
 //!
 //! Plain Rego in, `regorus::Value` out: nothing here knows Envoy, gRPC or HTTP servers.
+// Code that ships: no unwrap()/expect()/panic!() outside tests (a panic on a request path
+// takes the request, or the task serving it, down with it). Errors are returned or handled.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 mod builtins;
 mod bundle;

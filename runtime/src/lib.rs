@@ -7,6 +7,9 @@
 //! (`rate`), and per-thread slots for striped data (`thread_slot`).
 //!
 //! Nothing here knows a service's domain: no tokens, policies, users or Envoy types.
+// Code that ships: no unwrap()/expect()/panic!() outside tests (a panic on a request path
+// takes the request, or the task serving it, down with it). Errors are returned or handled.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod admin;
 pub mod audit;

@@ -8,6 +8,7 @@
 //! Every run's cgroup is a child of the configured parent, so a parent with limits of its own
 //! (a test's outer cgroup, a node's slice) binds them all, and start-up can find and remove
 //! what a killed worker left.
+#![allow(unsafe_code, reason = "libc: kill(2) of a cgroup's processes, and joining the cgroup between fork and exec")]
 
 use std::ffi::CString;
 use std::io;

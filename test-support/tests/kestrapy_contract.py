@@ -208,7 +208,8 @@ def main():
         wrong = {"token": "not-" + os.environ["KESTRA_TOKEN"]}
     else:
         credential, kind = {"username": os.environ["KESTRA_USERNAME"], "password": os.environ["KESTRA_PASSWORD"]}, "basic"
-        wrong = {"username": os.environ["KESTRA_USERNAME"], "password": "wrong"}
+        # A deliberately wrong password: the double must refuse it (bandit B105 is about real ones).
+        wrong = {"username": os.environ["KESTRA_USERNAME"], "password": "wrong"}  # nosec B105
     kestra, recorder = client(args, credential)
     executions = kestra.executions
 

@@ -1,5 +1,8 @@
 //! `worker-gateway`: parses the command line and config, sets up logging, serves; or, as
 //! `worker-gateway jobs …`, calls the job API as a client.
+// Code that ships: no unwrap()/expect()/panic!() outside tests (a panic on a request path
+// takes the request, or the task serving it, down with it). Errors are returned or handled.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 use std::path::PathBuf;
 use std::process::ExitCode;

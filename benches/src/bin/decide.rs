@@ -21,6 +21,7 @@ fn main() {
 
 /// The measured loop; callgrind is told to count only inside it (`--toggle-collect`).
 #[inline(never)]
+#[allow(unsafe_code, reason = "no_mangle: callgrind finds the loop by its symbol name")]
 #[no_mangle]
 pub fn qiria_decisions(
     fixture: &qiria_benches::Fixture,

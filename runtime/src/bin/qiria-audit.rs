@@ -4,6 +4,9 @@
 //!     qiria-audit verify FILE --public-key audit.pub [--checkpoint LINE_FILE] [--max-unsealed N]
 //!
 //! `verify` exits 0 for a clean trail, 1 naming the first bad record, 2 when it cannot run.
+// Code that ships: no unwrap()/expect()/panic!() outside tests (a panic on a request path
+// takes the request, or the task serving it, down with it). Errors are returned or handled.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 use std::path::PathBuf;
 use std::process::ExitCode;

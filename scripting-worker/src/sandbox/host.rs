@@ -15,6 +15,7 @@
 //! `--rootless`). The script itself runs as uid 65534 with no capabilities: inside gVisor, or
 //! (bubblewrap) as the host's uid 65534 in a user namespace of its own, launched already
 //! unprivileged.
+#![allow(unsafe_code, reason = "libc: the fork-exec launcher (rlimits, ids, prctl), mounting /out, geteuid")]
 
 use std::collections::BTreeSet;
 use std::ffi::CString;

@@ -171,7 +171,7 @@ pub struct InputSpec {
 /// Kestra's input types, as the double converts their text parts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-#[allow(missing_docs)]
+#[allow(missing_docs, reason = "Kestra's own input type names")]
 pub enum InputType {
     String,
     Enum,
@@ -197,7 +197,7 @@ pub enum InputType {
 /// The state a flow ends in.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
-#[allow(missing_docs)]
+#[allow(missing_docs, reason = "the outcomes' names say what they are")]
 pub enum Outcome {
     #[default]
     Success,

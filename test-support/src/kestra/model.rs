@@ -15,7 +15,7 @@ pub const STEP: Duration = Duration::from_millis(100);
 
 /// Kestra's `State.Type` (the values this double reaches, plus the rest for parsing filters).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[allow(missing_docs)]
+#[allow(missing_docs, reason = "Kestra's own state names")]
 pub enum StateType {
     Created,
     Submitted,
