@@ -635,3 +635,28 @@ fn a_loosened_policy_breaks_the_matrix() {
     assert!(matrix.contains("worker-gateway -> ingress-gateway:8443/TCP"), "{}", difference(&matrix, &intended("dev")));
     assert_ne!(matrix, intended("dev"));
 }
+
+#[test]
+fn every_image_is_referenced_by_digest_never_by_tag() {
+    for overlay in OVERLAYS {
+        let objects = rendered(overlay);
+        for deployment in of_kind(&objects, "Deployment") {
+            for c in deployment["spec"]["template"]["spec"]["containers"].as_array().expect("containers") {
+                let image = c["image"].as_str().expect("an image");
+                let (name, digest) =
+                    image.split_once("@sha256:").unwrap_or_else(|| panic!("{overlay}: {image} is not pinned"));
+                assert!(digest.len() == 64 && digest.chars().all(|c| c.is_ascii_hexdigit()), "{overlay}: {image}");
+                assert!(
+                    !name.rsplit('/').next().unwrap_or_default().contains(':'),
+                    "{overlay}: {image} names a tag too"
+                );
+            }
+        }
+    }
+    // The sandbox's image, in the worker's config and its admission policy alike.
+    let config = std::fs::read_to_string(istio().join("base/scripting-worker/config.toml")).expect("config");
+    let image = config.lines().find_map(|l| l.strip_prefix("image = ")).expect("kubernetes.image").trim_matches('"');
+    assert!(image.contains("/sandbox-python@sha256:"), "{image}");
+    let policy = named(&rendered("prod"), "ValidatingAdmissionPolicy", "qiria-sandbox-pods").to_string();
+    assert!(policy.contains(image), "the admission policy does not pin {image}");
+}
