@@ -53,6 +53,20 @@ pub struct Pod {
     pub principal: Option<String>,
 }
 
+impl Pod {
+    /// A peer with these labels and ports, no address and no mesh identity.
+    pub fn new(name: &str, namespace: &str, labels: &[(&str, &str)], ports: Vec<Port>) -> Self {
+        Self {
+            name: name.into(),
+            namespace: namespace.into(),
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            ports,
+            ip: None,
+            principal: None,
+        }
+    }
+}
+
 /// Namespaces, pods and the NetworkPolicies between them.
 #[derive(Debug, Default)]
 pub struct Cluster {
@@ -287,14 +301,7 @@ mod tests {
     use serde_json::json;
 
     fn pod(name: &str, namespace: &str, labels: &[(&str, &str)], ports: Vec<Port>) -> Pod {
-        Pod {
-            name: name.into(),
-            namespace: namespace.into(),
-            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            ports,
-            ip: None,
-            principal: None,
-        }
+        Pod::new(name, namespace, labels, ports)
     }
 
     #[test]

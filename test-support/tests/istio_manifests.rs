@@ -418,14 +418,7 @@ fn the_mesh_extension_provider_fails_closed_and_points_at_authz() {
 /// the mesh, and a sandbox run.
 fn cluster(objects: &[Value], api_server: Ipv4Addr) -> Cluster {
     let mut cluster = Cluster::from_manifests(objects);
-    let peer = |name: &str, namespace: &str, labels: &[(&str, &str)], ports: Vec<Port>| Pod {
-        name: name.into(),
-        namespace: namespace.into(),
-        labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-        ports,
-        ip: None,
-        principal: None,
-    };
+    let peer = Pod::new;
     let meshed = |pod: Pod, account: &str| Pod {
         principal: Some(format!("cluster.local/ns/{}/sa/{account}", pod.namespace)),
         ..pod
