@@ -27,13 +27,13 @@ pub struct DecisionLabels {
     pub status: u16,
 }
 
-/// Labels of a reload counter.
 /// A key of the live verification key set.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KeyLabels {
     pub kid: String,
 }
 
+/// Labels of a reload counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReloadLabels {
     /// `ok` or `rejected`.
