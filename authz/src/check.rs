@@ -118,8 +118,8 @@ pub struct AnswerSettings {
     /// Forward the bearer token upstream on every allowed request (else only on routes that
     /// set the [`FORWARD_TOKEN_EXTENSION`]).
     pub forward_token: bool,
-    /// Decisions kept for requests without a verified token, when a bundle declares its
-    /// decisions reusable; 0 never reuses a decision.
+    /// Decisions shared between requests (a bundle's `decision_key`; else requests without a
+    /// verified token, when it declares its decisions reusable); 0 never reuses a decision.
     pub decision_cache_capacity: u64,
     /// How long a decision may be reused.
     pub decision_cache_ttl: std::time::Duration,
@@ -279,7 +279,7 @@ impl Authorizer {
         cached: &mut bool,
     ) -> Result<SharedDecision, Denial> {
         let cache = self.cache.as_ref().filter(|_| bundle.caches_decisions());
-        let key = cache.map(|c| c.request_key(http));
+        let key = cache.map(|c| c.request_key(bundle, http));
         if let (Some(cache), Some(key)) = (cache, key) {
             if let Some(decision) = cache.recall(bundle, identity, key) {
                 *cached = true;

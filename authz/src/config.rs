@@ -70,7 +70,8 @@ pub struct PolicyConfig {
     pub run_tests_on_load: bool,
     /// How often the directory is re-read in case a change notification was missed (ms).
     pub poll_interval_ms: u64,
-    /// Decisions kept for requests without a valid token when the bundle declares
+    /// Decisions shared between requests: every decision of a bundle that declares a
+    /// `decision_key`, else those of requests without a valid token when it declares
     /// `cache_decisions := true` (verified tokens keep theirs in the token cache); 0 turns
     /// decision caching off.
     pub decision_cache_capacity: u64,

@@ -1,8 +1,11 @@
-//! authz's decision cache: decisions a bundle declared reusable (`cache_decisions := true`)
-//! are kept per verified token, inside the token's own cache entry (one entry for a token and
-//! its decisions), and for requests without a verified token in one bounded cache keyed by why
-//! there is none. Every decision is tagged with the bundle load that took it and a deadline:
-//! after a reload or past the deadline it is never used.
+//! authz's decision cache. A bundle that declares a `decision_key` (what its decisions read:
+//! the method, the route, whether there is an identity and some of its claims) has its
+//! decisions shared by every request with the same key, in one bounded cache: a new token or
+//! another id in the path reuses the decision. A bundle that only says `cache_decisions :=
+//! true` has them kept per verified token, inside the token's own cache entry (one entry for a
+//! token and its decisions), and for requests without a verified token in that bounded cache,
+//! keyed by why there is none. Every decision is tagged with the bundle load that took it and
+//! a deadline: after a reload or past the deadline it is never used.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -10,7 +13,7 @@ use std::time::Duration;
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
 use moka::sync::Cache;
 use qiria_identity::{IdentityError, PrehashedKey, TokenHasher, Verified};
-use qiria_policy::PolicyBundle;
+use qiria_policy::{DecisionKey, KeyedClaim, PolicyBundle};
 use qiria_runtime::clock::now_secs;
 
 use crate::decision::SharedDecision;
@@ -22,50 +25,78 @@ pub type VerifiedToken = Result<Arc<Verified<DecisionMemo>>, IdentityError>;
 pub struct DecisionCache {
     hasher: TokenHasher,
     ttl: Duration,
-    anonymous: Cache<u128, SharedDecision, PrehashedKey>,
+    shared: Cache<u128, SharedDecision, PrehashedKey>,
 }
 
 impl DecisionCache {
-    /// A cache keeping up to `capacity` decisions for requests without a verified token, each
-    /// reusable for `ttl`; `None` when `capacity` is 0 (no decision is ever reused).
+    /// A cache keeping up to `capacity` shared decisions (keyed ones, and those of requests
+    /// without a verified token), each reusable for `ttl`; `None` when `capacity` is 0 (no
+    /// decision is ever reused).
     pub fn new(capacity: u64, ttl: Duration) -> Option<Self> {
         (capacity > 0).then(|| Self {
             hasher: TokenHasher::random(),
             ttl,
-            anonymous: Cache::builder().max_capacity(capacity).time_to_live(ttl).build_with_hasher(PrehashedKey),
+            shared: Cache::builder().max_capacity(capacity).time_to_live(ttl).build_with_hasher(PrehashedKey),
         })
     }
 
-    /// What a cacheable policy's decision depends on besides the identity: the method and the
-    /// path with its query.
-    pub fn request_key(&self, http: Option<&HttpRequest>) -> u128 {
-        let (method, path) = http.map(|h| (h.method.as_bytes(), h.path.as_bytes())).unwrap_or_default();
-        self.hasher.hash_parts(&[method, path])
+    /// What a reusable decision depends on in the request line: the method and the path with
+    /// its query — or, under a decision key, the route the path matches instead of the path.
+    pub fn request_key(&self, bundle: &PolicyBundle, http: Option<&HttpRequest>) -> u128 {
+        let (method, path) = http.map(|h| (h.method.as_str(), h.path.as_str())).unwrap_or_default();
+        match bundle.decision_key().and_then(|key| key.route(method, path)) {
+            Some(route) => self.hasher.hash_parts(&[method.as_bytes(), b"route", &route.to_le_bytes()]),
+            None => self.hasher.hash_parts(&[method.as_bytes(), b"path", path.as_bytes()]),
+        }
     }
 
     /// The decision `bundle` took for this request before, if it may be reused.
     pub fn recall(&self, bundle: &PolicyBundle, identity: &VerifiedToken, key: u128) -> Option<SharedDecision> {
-        match identity {
+        match (bundle.decision_key(), identity) {
+            (Some(declared), _) => self.shared.get(&self.keyed(bundle, declared, identity, key)),
             // 64 bits of the keyed hash: a wrong hit needs two of one token's requests to
             // collide in a PRF whose key nobody outside knows.
-            Ok(token) => token.attached.recall(key as u64, bundle.id(), now_secs()),
-            Err(error) => self.anonymous.get(&self.anonymous_key(bundle, error, key)),
+            (None, Ok(token)) => token.attached.recall(key as u64, bundle.id(), now_secs()),
+            (None, Err(error)) => self.shared.get(&self.anonymous(bundle, error, key)),
         }
     }
 
     /// Remembers what `bundle` decided for this request.
     pub fn remember(&self, bundle: &PolicyBundle, identity: &VerifiedToken, key: u128, decision: &SharedDecision) {
-        match identity {
-            Ok(token) => {
+        match (bundle.decision_key(), identity) {
+            (Some(declared), _) => self.shared.insert(self.keyed(bundle, declared, identity, key), decision.clone()),
+            (None, Ok(token)) => {
                 let until = now_secs().saturating_add(self.ttl.as_secs());
                 token.attached.remember(key as u64, bundle.id(), until, decision.clone());
             }
-            Err(error) => self.anonymous.insert(self.anonymous_key(bundle, error, key), decision.clone()),
+            (None, Err(error)) => self.shared.insert(self.anonymous(bundle, error, key), decision.clone()),
         }
     }
 
-    fn anonymous_key(&self, bundle: &PolicyBundle, error: &IdentityError, key: u128) -> u128 {
+    fn anonymous(&self, bundle: &PolicyBundle, error: &IdentityError, key: u128) -> u128 {
         self.hasher.hash_parts(&[&bundle.id().to_le_bytes(), error.code().as_bytes(), &key.to_le_bytes()])
+    }
+
+    /// The shared key: the bundle load, the request line's key, and the identity as far as the
+    /// bundle said its decisions read it.
+    fn keyed(&self, bundle: &PolicyBundle, declared: &DecisionKey, identity: &VerifiedToken, key: u128) -> u128 {
+        let (bundle, key) = (bundle.id().to_le_bytes(), key.to_le_bytes());
+        let mut parts: [&[u8]; 5] = [&bundle, &key, b"", b"", b""];
+        match identity {
+            Err(error) => (parts[2], parts[3]) = (b"error", error.code().as_bytes()),
+            Ok(token) => {
+                parts[2] = b"verified";
+                // Each claim's value in its own slot (length-prefixed by the hasher); roles as
+                // the verifier joined them (a role never holds a `,`).
+                for (slot, claim) in parts[3..].iter_mut().zip(declared.claims()) {
+                    *slot = match claim {
+                        KeyedClaim::Subject => token.subject.as_bytes(),
+                        KeyedClaim::Roles => token.roles.as_bytes(),
+                    };
+                }
+            }
+        }
+        self.hasher.hash_parts(&parts)
     }
 }
 

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use qiria_test_support::authz::Stack;
 use qiria_test_support::call::Protocol::Http1;
+use qiria_test_support::tokens::primer_token;
 
 const AUTHZ: &str = env!("CARGO_BIN_EXE_authz");
 
@@ -53,20 +54,6 @@ async fn opa_envoy_policy_decides_the_same_here() {
     assert_eq!(reply.body, "slow down");
 }
 
-/// An HS256 token with the tutorial's claims (`role`, `sub` base64url-encoded), signed with `secret`.
-fn tutorial_token(role: &str, sub: &str, secret: &str, exp_in: i64) -> String {
-    use base64::Engine as _;
-    let now = qiria_test_support::tokens::now() as i64;
-    let sub = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sub);
-    let claims = serde_json::json!({"role": role, "sub": sub, "nbf": now - 10, "exp": now + exp_in});
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .unwrap()
-}
-
 /// OPA-Envoy's tutorial shape, unchanged: the JWT verified in Rego with `io.jwt.decode_verify`
 /// (authz's own verifier refuses HS256; inside Rego the policy's constraints rule, as in OPA).
 #[tokio::test]
@@ -77,12 +64,12 @@ async fn the_tutorial_policy_verifying_the_token_in_rego_runs_unchanged() {
         let stack = &stack;
         async move { stack.send(Http1, "GET", "/people/ada", Some(&token), &[]).await.status }
     };
-    assert_eq!(get(tutorial_token("guest", "alice", "secret", 300)).await, 200);
-    assert_eq!(get(tutorial_token("admin", "alice", "secret", 300)).await, 200);
-    assert_ne!(get(tutorial_token("intruder", "alice", "secret", 300)).await, 200, "unknown role");
-    assert_ne!(get(tutorial_token("guest", "alice", "not-the-secret", 300)).await, 200, "wrong secret");
-    assert_ne!(get(tutorial_token("guest", "alice", "secret", -60)).await, 200, "expired");
-    let token = tutorial_token("guest", "alice", "secret", 300);
+    assert_eq!(get(primer_token("guest", "alice", "secret", 300)).await, 200);
+    assert_eq!(get(primer_token("admin", "alice", "secret", 300)).await, 200);
+    assert_ne!(get(primer_token("intruder", "alice", "secret", 300)).await, 200, "unknown role");
+    assert_ne!(get(primer_token("guest", "alice", "not-the-secret", 300)).await, 200, "wrong secret");
+    assert_ne!(get(primer_token("guest", "alice", "secret", -60)).await, 200, "expired");
+    let token = primer_token("guest", "alice", "secret", 300);
     let tampered = qiria_test_support::tokens::tampered(&token, |p| p["role"] = "admin".into());
     assert_ne!(get(tampered).await, 200, "tampered payload");
 
@@ -96,11 +83,11 @@ async fn the_tutorial_policy_verifying_the_token_in_rego_runs_unchanged() {
             .body(body)
             .send()
     };
-    let admin = tutorial_token("admin", "alice", "secret", 300);
+    let admin = primer_token("admin", "alice", "secret", 300);
     assert_eq!(post(admin.clone(), r#"{"firstname": "Bob"}"#).await.unwrap().status(), 200);
     assert_ne!(post(admin, r#"{"firstname": "Alice"}"#).await.unwrap().status(), 200, "may not add oneself");
     assert_ne!(
-        post(tutorial_token("guest", "alice", "secret", 300), r#"{"firstname": "Bob"}"#).await.unwrap().status(),
+        post(primer_token("guest", "alice", "secret", 300), r#"{"firstname": "Bob"}"#).await.unwrap().status(),
         200
     );
 }

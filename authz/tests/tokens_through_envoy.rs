@@ -43,6 +43,10 @@ async fn bad_tokens_are_denied_with_their_reason() {
         ("no exp", key.sign(&without("exp")), "missing_claim"),
         ("no iss", key.sign(&without("iss")), "missing_claim"),
         ("no aud", key.sign(&without("aud")), "missing_claim"),
+        // Roles travel joined by `,` (the roles header, shared decisions): one holding a `,`
+        // would read as two, an empty one as none.
+        ("a role with a comma", key.sign(&with("roles", serde_json::json!(["User,Admin"]))), "missing_claim"),
+        ("an empty role", key.sign(&with("roles", serde_json::json!(["User", ""]))), "missing_claim"),
         ("refresh typ", key.sign(&with("typ", "refresh".into())), "wrong_type"),
         ("bad signature", stranger.sign(&good), "bad_signature"),
         ("unknown kid", unknown_kid.sign(&good), "unknown_kid"),

@@ -1,7 +1,8 @@
 //! The load benchmark through the real Envoy: the same listener and route, the same load,
 //! in one run, for Envoy alone, Envoy's native `jwt_authn` + `rbac`, Envoy + a do-nothing
 //! ext_authz server (the floor), and Envoy + authz (one token, thousands of rotating tokens,
-//! a denied token). Envoy is pinned to core 0, the backend and the load generator share
+//! a denied token, the decision log as shipped and on every decision, and where no cache can
+//! have seen the request before: a distinct path per request, a never-seen token per request). Envoy is pinned to core 0, the backend and the load generator share
 //! core 1 (`taskset`), as in the anchors' measurements.
 
 use std::fmt::Write as _;
@@ -28,6 +29,11 @@ pub struct Plan {
     pub unloaded_requests: u32,
     /// Token counts for the rotation runs.
     pub rotations: Vec<usize>,
+    /// Distinct paths `/v1/jobs/1…n` of the distinct-path run (g).
+    pub distinct_paths: usize,
+    /// Fresh tokens of the never-seen run (f), each sent once: the run ends when they are used
+    /// up, so no token is seen twice.
+    pub never_seen: usize,
     /// h2load connections and streams per connection.
     pub connections: u32,
     /// Streams per connection.
@@ -49,6 +55,8 @@ impl Plan {
             rate_seconds: 5,
             unloaded_requests: 3000,
             rotations: vec![2_000, 100_000],
+            distinct_paths: 30_000,
+            never_seen: 60_000,
             connections: 4,
             streams: 16,
             soak_seconds: 0,
@@ -64,6 +72,8 @@ impl Plan {
             rate_seconds: 1,
             unloaded_requests: 100,
             rotations: vec![200],
+            distinct_paths: 1_000,
+            never_seen: 500,
             connections: 2,
             streams: 4,
             soak_seconds: 0,
@@ -121,14 +131,44 @@ enum Backend {
     Noop {
         answer: Option<&'static str>,
     },
-    Authz,
+    Authz {
+        log: DecisionLogging,
+        policy: BenchPolicy,
+    },
 }
+
+/// The bundle authz decides with.
+#[derive(Clone, Copy, PartialEq)]
+enum BenchPolicy {
+    /// The shipped RBAC (`policies/rego`), the token verified in Rust.
+    Shipped,
+    /// OPA-Envoy's tutorial policy, unchanged (`authz/tests/fixtures/opa-envoy-primer`): an
+    /// HS256 token verified in Rego (`io.jwt.decode_verify`), `glob.match`, `time.now_ns`.
+    Primer,
+}
+
+/// authz's decision log in a run.
+#[derive(Clone, Copy)]
+enum DecisionLogging {
+    /// Off: the decision alone.
+    Off,
+    /// As shipped: every denial and a sample of allows.
+    Default,
+    /// Every decision.
+    Every,
+}
+
+const AUTHZ: Backend = Backend::Authz { log: DecisionLogging::Off, policy: BenchPolicy::Shipped };
 
 enum Load {
     /// h2load with one token on `path`.
     H2load { path: &'static str },
     /// loadgen rotating through `count` tokens.
     Rotating { count: usize },
+    /// h2load over the paths `/v1/jobs/1…count` in turn, one token.
+    Paths { count: usize },
+    /// loadgen sending each of `count` fresh tokens once.
+    NeverSeen { count: usize },
 }
 
 struct Setup {
@@ -184,13 +224,43 @@ pub fn run(plan: &Plan, bins: &Binaries, work: &Path) -> anyhow::Result<LoadResu
             Backend::Noop { answer: Some("--answer-like-authz=metadata") },
             JOB,
         ),
-        setup("(c) ext_authz → authz, RS256 + RBAC", Filters::ExtAuthz, Backend::Authz, JOB),
-        setup("(d) authz, denied (403)", Filters::ExtAuthz, Backend::Authz, Load::H2load { path: "/v1/admin/jobs" }),
-        setup("(c) authz, 1 token via loadgen", Filters::ExtAuthz, Backend::Authz, Load::Rotating { count: 1 }),
+        setup("(c) ext_authz → authz, RS256 + RBAC", Filters::ExtAuthz, AUTHZ, JOB),
+        setup("(d) authz, denied (403)", Filters::ExtAuthz, AUTHZ, Load::H2load { path: "/v1/admin/jobs" }),
+        setup("(c) authz, 1 token via loadgen", Filters::ExtAuthz, AUTHZ, Load::Rotating { count: 1 }),
+        setup(
+            "(c'd) authz, decision log as shipped (every denial, 1 % of allows)",
+            Filters::ExtAuthz,
+            Backend::Authz { log: DecisionLogging::Default, policy: BenchPolicy::Shipped },
+            JOB,
+        ),
+        setup(
+            "(c'a) authz, every decision logged",
+            Filters::ExtAuthz,
+            Backend::Authz { log: DecisionLogging::Every, policy: BenchPolicy::Shipped },
+            JOB,
+        ),
+        setup(
+            "(p) authz, OPA-Envoy's primer policy (HS256 verified in Rego, glob.match)",
+            Filters::ExtAuthz,
+            Backend::Authz { log: DecisionLogging::Off, policy: BenchPolicy::Primer },
+            Load::H2load { path: "/people/ada" },
+        ),
+        setup(
+            &format!("(g) authz, a distinct path per request (/v1/jobs/1…{})", plan.distinct_paths),
+            Filters::ExtAuthz,
+            AUTHZ,
+            Load::Paths { count: plan.distinct_paths },
+        ),
+        setup(
+            &format!("(f) authz, a never-seen token per request ({} RS256 tokens, each sent once)", plan.never_seen),
+            Filters::ExtAuthz,
+            AUTHZ,
+            Load::NeverSeen { count: plan.never_seen },
+        ),
     ];
     for count in &plan.rotations {
         let name = format!("(d) authz, {count} rotating tokens");
-        setups.push(setup(&name, Filters::ExtAuthz, Backend::Authz, Load::Rotating { count: *count }));
+        setups.push(setup(&name, Filters::ExtAuthz, AUTHZ, Load::Rotating { count: *count }));
     }
 
     if let Some(only) = &plan.only {
@@ -211,7 +281,7 @@ pub fn run(plan: &Plan, bins: &Binaries, work: &Path) -> anyhow::Result<LoadResu
     }
     if plan.only.is_none() {
         let floor = setup("(e)", Filters::ExtAuthz, Backend::Noop { answer: None }, JOB);
-        let ours = setup("(c)", Filters::ExtAuthz, Backend::Authz, JOB);
+        let ours = setup("(c)", Filters::ExtAuthz, AUTHZ, JOB);
         for _ in 0..plan.pairs {
             let e = run(&floor, Measure::MaxOnly, &mut fixed_rate)?.rps;
             let c = run(&ours, Measure::MaxOnly, &mut fixed_rate)?.rps;
@@ -253,7 +323,13 @@ fn run_one(
             args.extend(answer.map(str::to_string));
             Some(pinned(&bins.noop, "1", &args, &work.join("noop.log"))?)
         }
-        Backend::Authz => {
+        Backend::Authz { log, policy } => {
+            let (policy_dir, rule) = match policy {
+                BenchPolicy::Shipped => (workspace_root().join("policies/rego"), "data.qiria.authz.allow"),
+                BenchPolicy::Primer => {
+                    (workspace_root().join("authz/tests/fixtures/opa-envoy-primer"), "data.envoy.authz.allow")
+                }
+            };
             let args: Vec<String> = [
                 "serve",
                 "--grpc-addr",
@@ -261,7 +337,9 @@ fn run_one(
                 "--admin-addr",
                 &format!("127.0.0.1:{}", free_port()),
                 "--policy-dir",
-                &workspace_root().join("policies/rego").display().to_string(),
+                &policy_dir.display().to_string(),
+                "--decision-rule",
+                rule,
                 "--keys-dir",
                 &keys_dir.display().to_string(),
                 "--issuer",
@@ -274,8 +352,12 @@ fn run_one(
             .iter()
             .map(|s| s.to_string())
             .collect();
-            std::env::set_var("QIRIA_AUTHZ_LOG__DECISIONS", "false");
-            Some(pinned(&bins.authz, "1", &args, &work.join("authz.log"))?)
+            let env: &[(&str, &str)] = match log {
+                DecisionLogging::Off => &[("QIRIA_AUTHZ_LOG__DECISIONS", "false")],
+                DecisionLogging::Default => &[],
+                DecisionLogging::Every => &[("QIRIA_AUTHZ_DECISION_LOG__ALLOW_SAMPLE", "1.0")],
+            };
+            Some(pinned_with_env(&bins.authz, "1", &args, &work.join("authz.log"), env)?)
         }
     };
     let filters = match setup.filters {
@@ -312,6 +394,14 @@ fn run_one(
     }
 
     let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
+    let primer;
+    let token = match setup.backend {
+        Backend::Authz { policy: BenchPolicy::Primer, .. } => {
+            primer = qiria_test_support::tokens::primer_token("guest", "alice", "secret", 3600);
+            primer.as_str()
+        }
+        _ => token,
+    };
     let mut row = Row { name: setup.name.clone(), ..Row::default() };
     match &setup.load {
         Load::H2load { path } => {
@@ -339,24 +429,47 @@ fn run_one(
             h2load(&url(path), token, &["-c", "1", "-m", "1", "-n", &n], Some(log.path()))?;
             row.unloaded_p50_ms = percentiles(log.path())?.map(|(p50, _)| p50);
         }
+        Load::Paths { count } => {
+            // h2load takes the scheme, host and port of the first URI only.
+            let uris = work.join(format!("paths-{count}.txt"));
+            let text: String = (1..=*count).map(|i| format!("{}\n", url(&format!("/v1/jobs/{i}")))).collect();
+            std::fs::write(&uris, text)?;
+            let file = uris.display().to_string();
+            h2load(&url("/v1/jobs/0"), token, &["-c", "2", "-m", "4", "-n", "2000"], None)?;
+            let before = snapshot(&envoy, backend.as_ref());
+            let (c, m, d) = (plan.connections.to_string(), plan.streams.to_string(), format!("{}s", plan.seconds));
+            let max = h2load(&url("/v1/jobs/1"), token, &["-c", &c, "-m", &m, "-D", &d, "-i", &file], None)?;
+            let after = snapshot(&envoy, backend.as_ref());
+            row.rps = max.rps;
+            row.statuses = max.statuses;
+            (row.envoy_cpu_us, row.backend_cpu_us) = per_request(before, after, max.done);
+        }
+        Load::NeverSeen { count } => {
+            // Warm-up on tokens of their own (connections, engines), then every measured
+            // request carries a token authz has not seen.
+            let warm_file = work.join("tokens-warm.txt");
+            write_tokens(&warm_file, 200, key, ec)?;
+            let fresh = work.join(format!("fresh-{count}.txt"));
+            write_fresh_tokens(&fresh, *count, key)?;
+            let (c, m) = (plan.connections.to_string(), plan.streams.to_string());
+            loadgen(&bins.loadgen, &url("/v1/jobs/42"), &warm_file, &c, &m, "1", false)?;
+            let before = snapshot(&envoy, backend.as_ref());
+            let result = loadgen(&bins.loadgen, &url("/v1/jobs/42"), &fresh, &c, &m, "120", true)?;
+            let after = snapshot(&envoy, backend.as_ref());
+            row_from_loadgen(&mut row, &result, before, after);
+        }
         Load::Rotating { count } => {
             let tokens_file = work.join(format!("tokens-{count}.txt"));
             write_tokens(&tokens_file, *count, key, ec)?;
             let (c, m) = (plan.connections.to_string(), plan.streams.to_string());
             // Warm-up fills the caches with every token once (bounded by the token count).
             let warm = (*count as f64 / 2_000.0).clamp(1.0, 60.0).to_string();
-            loadgen(&bins.loadgen, &url("/v1/jobs/42"), &tokens_file, &c, &m, &warm)?;
+            loadgen(&bins.loadgen, &url("/v1/jobs/42"), &tokens_file, &c, &m, &warm, false)?;
             let before = snapshot(&envoy, backend.as_ref());
-            let result = loadgen(&bins.loadgen, &url("/v1/jobs/42"), &tokens_file, &c, &m, &plan.seconds.to_string())?;
+            let seconds = plan.seconds.to_string();
+            let result = loadgen(&bins.loadgen, &url("/v1/jobs/42"), &tokens_file, &c, &m, &seconds, false)?;
             let after = snapshot(&envoy, backend.as_ref());
-            let done = result["requests"].as_u64().unwrap_or(0);
-            row.rps = result["rps"].as_f64().unwrap_or(0.0);
-            row.statuses = (
-                result["ok"].as_u64().unwrap_or(0),
-                result["denied"].as_u64().unwrap_or(0),
-                result["other"].as_u64().unwrap_or(0) + result["errors"].as_u64().unwrap_or(0),
-            );
-            (row.envoy_cpu_us, row.backend_cpu_us) = per_request(before, after, done);
+            row_from_loadgen(&mut row, &result, before, after);
             let largest = plan.rotations.iter().max() == Some(count);
             if let (true, Some(pid)) = (largest && plan.soak_seconds > 0, backend.as_ref().and_then(|b| b.pid())) {
                 row.soak_rss = soak(&bins.loadgen, &url("/v1/jobs/42"), &tokens_file, &c, &m, plan.soak_seconds, pid)?;
@@ -410,9 +523,19 @@ fn read_bench_file(name: &str) -> anyhow::Result<String> {
 
 /// Starts `program` pinned to `cpus` with `taskset`.
 fn pinned(program: &Path, cpus: &str, args: &[String], log: &Path) -> anyhow::Result<Process> {
+    pinned_with_env(program, cpus, args, log, &[])
+}
+
+fn pinned_with_env(
+    program: &Path,
+    cpus: &str,
+    args: &[String],
+    log: &Path,
+    env: &[(&str, &str)],
+) -> anyhow::Result<Process> {
     let mut all = vec!["-c".to_string(), cpus.to_string(), program.display().to_string()];
     all.extend(args.iter().cloned());
-    Ok(Process::spawn(&program.display().to_string(), Path::new("taskset"), &all, log)?)
+    Ok(Process::spawn_with_env(&program.display().to_string(), Path::new("taskset"), &all, log, env)?)
 }
 
 fn wait_ready(url: &str, envoy: &Process) -> anyhow::Result<()> {
@@ -487,11 +610,28 @@ fn percentiles(log: &Path) -> anyhow::Result<Option<(f64, f64)>> {
     Ok(Some((at(0.5), at(0.99))))
 }
 
-fn loadgen(bin: &Path, url: &str, tokens: &Path, c: &str, m: &str, seconds: &str) -> anyhow::Result<serde_json::Value> {
+/// A row's load figures from one loadgen run and the CPU snapshots around it.
+fn row_from_loadgen(row: &mut Row, result: &serde_json::Value, before: Snapshot, after: Snapshot) {
+    let count = |field: &str| result[field].as_u64().unwrap_or(0);
+    row.rps = result["rps"].as_f64().unwrap_or(0.0);
+    row.statuses = (count("ok"), count("denied"), count("other") + count("errors"));
+    (row.envoy_cpu_us, row.backend_cpu_us) = per_request(before, after, count("requests"));
+}
+
+fn loadgen(
+    bin: &Path,
+    url: &str,
+    tokens: &Path,
+    c: &str,
+    m: &str,
+    seconds: &str,
+    once: bool,
+) -> anyhow::Result<serde_json::Value> {
     let output = Command::new("taskset")
         .args(["-c", "1"])
         .arg(bin)
         .args([url, &tokens.display().to_string(), "--connections", c, "--streams", m, "--seconds", seconds])
+        .args(once.then_some("--once"))
         .output()?;
     anyhow::ensure!(output.status.success(), "loadgen failed: {}", String::from_utf8_lossy(&output.stderr));
     Ok(serde_json::from_slice(&output.stdout)?)
@@ -513,6 +653,24 @@ fn write_tokens(path: &Path, count: usize, rsa: &SigningKey, ec: &SigningKey) ->
     Ok(())
 }
 
+/// `count` distinct RS256 tokens (the algorithm of the verification the issue prices), minted
+/// for this run: none of them has been sent before.
+fn write_fresh_tokens(path: &Path, count: usize, rsa: &SigningKey) -> anyhow::Result<()> {
+    let all: Vec<serde_json::Value> = (0..count)
+        .map(|i| {
+            let mut c = claims(&format!("fresh-{i}"), &["User"]);
+            c["exp"] = (now() + 3600).into();
+            c
+        })
+        .collect();
+    let mut text = String::with_capacity(count * 700);
+    for token in rsa.sign_all(&all) {
+        writeln!(text, "{token}")?;
+    }
+    std::fs::write(path, text)?;
+    Ok(())
+}
+
 /// The JWKS of an RSA signing key, for jwt_authn's `local_jwks`.
 fn jwks(key: &SigningKey) -> String {
     use rsa::pkcs8::DecodePublicKey;
@@ -525,8 +683,9 @@ fn jwks(key: &SigningKey) -> String {
     .to_string()
 }
 
-/// Instructions per decision: callgrind counts only inside `decide`'s decision loop.
-pub fn instructions_per_decision(decide: &Path, cache: bool, n: u64) -> anyhow::Result<f64> {
+/// Instructions per decision: callgrind counts only inside `decide`'s decision loop; `mode` is
+/// `decide`'s flag (none: one token, one path, a decision cache hit).
+pub fn instructions_per_decision(decide: &Path, mode: Option<&str>, n: u64) -> anyhow::Result<f64> {
     let run = |n: u64| -> anyhow::Result<f64> {
         let out = tempfile::NamedTempFile::new()?;
         let mut command = Command::new("valgrind");
@@ -536,9 +695,7 @@ pub fn instructions_per_decision(decide: &Path, cache: bool, n: u64) -> anyhow::
             .arg(format!("--callgrind-out-file={}", out.path().display()))
             .arg(decide)
             .arg(n.to_string());
-        if !cache {
-            command.arg("--no-cache");
-        }
+        command.args(mode);
         let output = command.output()?;
         anyhow::ensure!(output.status.success(), "callgrind failed: {}", String::from_utf8_lossy(&output.stderr));
         let profile = std::fs::read_to_string(out.path())?;

@@ -156,6 +156,13 @@ pub fn render(
         native.map(|b| 1.4 * b.envoy_cpu_us),
         "µs",
     );
+    let ratio_limit = |row: &str, times: f64| (cpu(find(rows, row)), cpu(floor).map(|f| times * f));
+    let (g, g_limit) = ratio_limit("(g)", 2.0);
+    target("(g) a distinct path per request: authz CPU ≤ 2 × floor (e)", g, g_limit, "µs");
+    let (f, f_limit) = ratio_limit("(f)", 4.0);
+    target("(f) a never-seen token per request: authz CPU ≤ 4 × floor (e)", f, f_limit, "µs");
+    let (logged, logged_limit) = ratio_limit("(c'd)", 1.2);
+    target("(c'd) decision log as shipped: authz CPU ≤ 1.2 × floor (e)", logged, logged_limit, "µs");
     if let Some(big) = rows.iter().find(|r| r.name.contains("100000")) {
         target("authz peak RSS with 100,000 cached tokens ≤ 64 MiB", big.backend_rss_mib, Some(64.0), "MiB");
     }
@@ -168,6 +175,22 @@ pub fn render(
             Some(0.0),
             "",
         );
+    }
+    let (primer, primer_floor) = ratio_limit("(p)", 1.0);
+    let _ = writeln!(
+        out,
+        "- context, not a target — OPA-Envoy's primer policy (p): authz CPU {} µs per decision, {} × the floor (e) (OPA-Envoy itself: ≈ 330–400 µs per such decision on this machine kind)",
+        opt(primer, 1),
+        opt(primer.zip(primer_floor).map(|(p, f)| p / f), 2)
+    );
+    if let Some(floor_cpu) = cpu(floor) {
+        let _ = writeln!(out, "\n## authz against the floor (e), backend CPU per request in this run\n");
+        let _ = writeln!(out, "| configuration | authz CPU µs/req | × floor ({floor_cpu:.1} µs) |\n|---|---|---|");
+        for r in rows.iter().filter(|r| r.name.contains("authz") && !r.name.starts_with("(e")) {
+            if let Some(us) = r.backend_cpu_us {
+                let _ = writeln!(out, "| {} | {us:.1} | {:.2} |", r.name, us / floor_cpu);
+            }
+        }
     }
     if !results.pairs.is_empty() {
         let _ = writeln!(

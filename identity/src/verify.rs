@@ -378,7 +378,14 @@ impl<A: Default> TokenVerifier<A> {
         let roles = match claims.get("roles") {
             None => Vec::new(),
             Some(serde_json::Value::Array(roles)) => {
-                roles.iter().map(|r| r.as_str().ok_or(IdentityError::MissingClaim)).collect::<Result<_, _>>()?
+                // A role with a `,` would read as two where roles travel joined (the roles
+                // header, decision keys), an empty one as none: such a claim is not one we accept.
+                roles
+                    .iter()
+                    .map(|r| {
+                        r.as_str().filter(|r| !r.is_empty() && !r.contains(',')).ok_or(IdentityError::MissingClaim)
+                    })
+                    .collect::<Result<_, _>>()?
             }
             Some(_) => return Err(IdentityError::MissingClaim),
         };

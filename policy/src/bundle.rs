@@ -25,6 +25,7 @@ use regorus::{Engine, Value};
 use sha2::{Digest, Sha256};
 
 use crate::cpu::thread_cpu_time;
+use crate::decision_key::{DecisionKey, DecisionKeyError};
 
 /// How a bundle is loaded and evaluated.
 #[derive(Clone)]
@@ -171,6 +172,9 @@ pub enum PolicyError {
         /// Column, 1-based.
         col: u32,
     },
+    /// The bundle's `decision_key` cannot be honoured.
+    #[error("{0}")]
+    DecisionKey(#[from] DecisionKeyError),
 }
 
 /// The outcome of one `test_*` rule.
@@ -193,6 +197,7 @@ pub struct PolicyBundle {
     tests: Vec<String>,
     files: usize,
     caches_decisions: bool,
+    decision_key: Option<DecisionKey>,
     eval_timeout: Duration,
     eval_deadline: Duration,
     counters: Arc<EvalCounters>,
@@ -205,6 +210,7 @@ impl std::fmt::Debug for PolicyBundle {
             .field("decision_rule", &self.decision_rule)
             .field("files", &self.files)
             .field("caches_decisions", &self.caches_decisions)
+            .field("decision_key", &self.decision_key)
             .finish()
     }
 }
@@ -353,8 +359,12 @@ impl PolicyBundle {
             sources.prepare(&mut engine, rule)?;
         }
         engine.set_execution_timer_config(timer(options.eval_timeout));
-        let caches_decisions =
-            options.decision_rule.as_ref().is_some_and(|rule| declares_cacheable(&mut engine, rule, &rules));
+        let decision_key = match &options.decision_rule {
+            Some(rule) => declared_key(&mut engine, rule, &rules)?,
+            None => None,
+        };
+        let caches_decisions = decision_key.is_some()
+            || options.decision_rule.as_ref().is_some_and(|rule| declares_cacheable(&mut engine, rule, &rules));
         // One engine per core for requests, each built from the sources on its own: clones of
         // one engine share its modules and data through reference counts that evaluation
         // touches on every step, and that shared cache line held two cores to 1.6 × one.
@@ -382,6 +392,7 @@ impl PolicyBundle {
             tests,
             files: rego.len() + data.len(),
             caches_decisions,
+            decision_key,
             eval_timeout: options.eval_timeout,
             eval_deadline: options.eval_deadline.max(options.eval_timeout),
             counters: options.counters.clone(),
@@ -419,6 +430,12 @@ impl PolicyBundle {
     /// depend only on the verified identity, the method and the path, so callers may reuse them.
     pub fn caches_decisions(&self) -> bool {
         self.caches_decisions
+    }
+
+    /// What the bundle declared its decisions read (`decision_key`), if it did: one decision
+    /// then serves every request with the same key, across tokens.
+    pub fn decision_key(&self) -> Option<&DecisionKey> {
+        self.decision_key.as_ref()
     }
 
     /// Evaluates the decision rule for `input` on this thread's request engine.
@@ -529,6 +546,23 @@ fn declares_cacheable(engine: &mut Engine, decision_rule: &str, rules: &BTreeSet
     let Some((package, _)) = decision_rule.rsplit_once('.') else { return false };
     let rule = format!("{package}.cache_decisions");
     rules.contains(&rule) && matches!(engine.eval_rule(rule), Ok(Value::Bool(true)))
+}
+
+/// The decision rule's package's `decision_key`, parsed, if it declares one. Declared but not
+/// a constant the key can honour, the bundle is refused: a key it cannot keep exactly would
+/// reuse decisions where the policy decides differently.
+fn declared_key(
+    engine: &mut Engine,
+    decision_rule: &str,
+    rules: &BTreeSet<String>,
+) -> Result<Option<DecisionKey>, PolicyError> {
+    let Some((package, _)) = decision_rule.rsplit_once('.') else { return Ok(None) };
+    let rule = format!("{package}.decision_key");
+    if !rules.contains(&rule) {
+        return Ok(None);
+    }
+    let value = engine.eval_rule(rule.clone()).map_err(|e| PolicyError::Compile { rule, message: e.to_string() })?;
+    Ok(Some(DecisionKey::from_value(&value)?))
 }
 
 /// A bare `GET /` with no identity: enough to make every rule's evaluation path compile.
@@ -681,6 +715,23 @@ mod tests {
                 });
             }
         });
+    }
+
+    #[test]
+    fn a_declared_decision_key_is_parsed_at_load_and_one_it_cannot_honour_refused() {
+        let keyed = bundle(
+            "package t\nallow := true\ndecision_key := {\"identity\": [\"roles\"], \"routes\": {\"GET\": [[\"v1\", \"*\"]]}}\n",
+        )
+        .unwrap();
+        assert!(keyed.caches_decisions(), "a key implies reuse");
+        let key = keyed.decision_key().unwrap();
+        assert_eq!((key.claims(), key.route("GET", "/v1/7")), (&[crate::KeyedClaim::Roles][..], Some(0)));
+        assert!(bundle("package t\nallow := true\ncache_decisions := true\n").unwrap().decision_key().is_none());
+        let refused = bundle("package t\nallow := true\ndecision_key := {\"identity\": [\"email\"]}\n").unwrap_err();
+        assert!(matches!(refused, PolicyError::DecisionKey(_)), "{refused}");
+        assert!(refused.to_string().contains("claim `email`"), "{refused}");
+        let refused = bundle("package t\nallow := true\ndecision_key := 1 / 0\n").unwrap_err();
+        assert!(matches!(refused, PolicyError::Compile { .. } | PolicyError::DecisionKey(_)), "{refused}");
     }
 
     #[test]

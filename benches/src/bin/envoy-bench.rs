@@ -53,8 +53,18 @@ fn main() -> anyhow::Result<()> {
     }
     let decide = dir.join("decide");
     let instructions = [
-        ("decision cache hit", envoy_bench::instructions_per_decision(&decide, true, n)),
-        ("policy evaluated", envoy_bench::instructions_per_decision(&decide, false, n)),
+        ("decision cache hit", envoy_bench::instructions_per_decision(&decide, None, n)),
+        ("policy evaluated", envoy_bench::instructions_per_decision(&decide, Some("--no-cache"), n)),
+        (
+            "a distinct path per decision (one token)",
+            envoy_bench::instructions_per_decision(&decide, Some("--distinct-paths"), n),
+        ),
+        // RSA verification is the same work every time: a few hundred decisions are plenty,
+        // and minting them under callgrind is slow.
+        (
+            "a never-seen token per decision",
+            envoy_bench::instructions_per_decision(&decide, Some("--never-seen"), n.min(300)),
+        ),
     ];
     eprintln!("core scaling (in process):");
     let runs = if args.smoke {
@@ -67,13 +77,15 @@ fn main() -> anyhow::Result<()> {
     let report = qiria_benches::report::render(&results, &instructions, &scaling, &plan, args.smoke);
     println!("{report}");
     if let Some(out) = args.out {
-        // The file also holds gateway-bench's section, which this run does not measure: keep it.
-        let heading = qiria_benches::gateway_bench::HEADING;
-        let kept = std::fs::read_to_string(&out).ok().and_then(|old| qiria_benches::report::section(&old, heading));
-        let report = match kept {
-            Some(section) => qiria_benches::report::replace_section(&report, heading, &section),
-            None => report,
-        };
+        // The file also holds gateway-bench's and sandbox-bench's sections, which this run
+        // does not measure: keep them.
+        let old = std::fs::read_to_string(&out).unwrap_or_default();
+        let mut report = report;
+        for heading in [qiria_benches::gateway_bench::HEADING, qiria_benches::sandbox_bench::HEADING] {
+            if let Some(section) = qiria_benches::report::section(&old, heading) {
+                report = qiria_benches::report::replace_section(&report, heading, &section);
+            }
+        }
         std::fs::write(&out, &report)?;
         eprintln!("written to {}", out.display());
     }

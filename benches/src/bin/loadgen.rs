@@ -1,6 +1,7 @@
 //! A load generator for what h2load cannot do: a different bearer token on every request.
-//! `loadgen URL TOKENS_FILE --connections C --streams M --seconds S` prints one JSON line:
-//! requests, status counts, errors, requests/s, p50 and p99 latency (µs).
+//! `loadgen URL TOKENS_FILE --connections C --streams M --seconds S [--once]` prints one JSON
+//! line: requests, status counts, errors, requests/s, p50 and p99 latency (µs). With `--once`
+//! every token is sent once and the run ends when they are used up (never-seen tokens).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -23,6 +24,9 @@ struct Args {
     /// Duration in seconds (bounded: at most 600).
     #[arg(long, default_value_t = 10.0)]
     seconds: f64,
+    /// Send each token once, then stop (else they are used in rotation).
+    #[arg(long)]
+    once: bool,
 }
 
 #[derive(Default)]
@@ -43,6 +47,7 @@ fn main() -> anyhow::Result<()> {
     let duration = Duration::from_secs_f64(args.seconds.clamp(0.1, 600.0));
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let next = Arc::new(AtomicUsize::new(0));
+    let once = args.once;
     let started = Instant::now();
     let tallies = runtime.block_on(async {
         let mut tasks = Vec::new();
@@ -53,7 +58,11 @@ fn main() -> anyhow::Result<()> {
                 tasks.push(tokio::spawn(async move {
                     let mut tally = Tally { latency: hdrhistogram::Histogram::new(3).ok(), ..Tally::default() };
                     while started.elapsed() < duration {
-                        let token = &tokens[next.fetch_add(1, Ordering::Relaxed) % tokens.len()];
+                        let n = next.fetch_add(1, Ordering::Relaxed);
+                        if once && n >= tokens.len() {
+                            break;
+                        }
+                        let token = &tokens[n % tokens.len()];
                         let sent = Instant::now();
                         match client.get(&url).bearer_auth(token).send().await {
                             Ok(r) => {

@@ -15,7 +15,8 @@ import rego.v1
 default allow := false
 
 # These decisions depend only on the verified identity, the method and the path, so authz
-# may reuse them for the same token and request line (per bundle revision, bounded in time).
+# may reuse them for the same token and request line (per bundle revision, bounded in time);
+# decision_key.rego says more precisely what they read, so that tokens share them.
 cache_decisions := true
 
 allow if public_operation

@@ -174,3 +174,4 @@ test_every_role_permission_is_known if {
 test_reason_explains_denials if {
 	authz.reason == "roles [\"Auditor\"] lack permission jobs:submit-script" with input as req("POST", "/v1/jobs/scripts", ["Auditor"])
 }
+
