@@ -279,7 +279,7 @@ impl Authorizer {
         cached: &mut bool,
     ) -> Result<SharedDecision, Denial> {
         let cache = self.cache.as_ref().filter(|_| bundle.caches_decisions());
-        let key = cache.map(|c| c.request_key(bundle, http));
+        let key = cache.map(|c| c.key(bundle, http, identity));
         if let (Some(cache), Some(key)) = (cache, key) {
             if let Some(decision) = cache.recall(bundle, identity, key) {
                 *cached = true;

@@ -13,7 +13,7 @@ use std::time::Duration;
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
 use moka::sync::Cache;
 use qiria_identity::{IdentityError, PrehashedKey, TokenHasher, Verified};
-use qiria_policy::{DecisionKey, KeyedClaim, PolicyBundle};
+use qiria_policy::{KeyedClaim, PolicyBundle};
 use qiria_runtime::clock::now_secs;
 
 use crate::decision::SharedDecision;
@@ -40,55 +40,40 @@ impl DecisionCache {
         })
     }
 
-    /// What a reusable decision depends on in the request line: the method and the path with
-    /// its query — or, under a decision key, the route the path matches instead of the path.
-    pub fn request_key(&self, bundle: &PolicyBundle, http: Option<&HttpRequest>) -> u128 {
-        let (method, path) = http.map(|h| (h.method.as_str(), h.path.as_str())).unwrap_or_default();
-        match bundle.decision_key().and_then(|key| key.route(method, path)) {
-            Some(route) => self.hasher.hash_parts(&[method.as_bytes(), b"route", &route.to_le_bytes()]),
-            None => self.hasher.hash_parts(&[method.as_bytes(), b"path", path.as_bytes()]),
-        }
-    }
-
-    /// The decision `bundle` took for this request before, if it may be reused.
-    pub fn recall(&self, bundle: &PolicyBundle, identity: &VerifiedToken, key: u128) -> Option<SharedDecision> {
-        match (bundle.decision_key(), identity) {
-            (Some(declared), _) => self.shared.get(&self.keyed(bundle, declared, identity, key)),
-            // 64 bits of the keyed hash: a wrong hit needs two of one token's requests to
-            // collide in a PRF whose key nobody outside knows.
-            (None, Ok(token)) => token.attached.recall(key as u64, bundle.id(), now_secs()),
-            (None, Err(error)) => self.shared.get(&self.anonymous(bundle, error, key)),
-        }
-    }
-
-    /// Remembers what `bundle` decided for this request.
-    pub fn remember(&self, bundle: &PolicyBundle, identity: &VerifiedToken, key: u128, decision: &SharedDecision) {
-        match (bundle.decision_key(), identity) {
-            (Some(declared), _) => self.shared.insert(self.keyed(bundle, declared, identity, key), decision.clone()),
-            (None, Ok(token)) => {
-                let until = now_secs().saturating_add(self.ttl.as_secs());
-                token.attached.remember(key as u64, bundle.id(), until, decision.clone());
-            }
-            (None, Err(error)) => self.shared.insert(self.anonymous(bundle, error, key), decision.clone()),
-        }
-    }
-
-    fn anonymous(&self, bundle: &PolicyBundle, error: &IdentityError, key: u128) -> u128 {
-        self.hasher.hash_parts(&[&bundle.id().to_le_bytes(), error.code().as_bytes(), &key.to_le_bytes()])
-    }
-
-    /// The shared key: the bundle load, the request line's key, and the identity as far as the
-    /// bundle said its decisions read it.
-    fn keyed(&self, bundle: &PolicyBundle, declared: &DecisionKey, identity: &VerifiedToken, key: u128) -> u128 {
-        let (bundle, key) = (bundle.id().to_le_bytes(), key.to_le_bytes());
-        let mut parts: [&[u8]; 5] = [&bundle, &key, b"", b"", b""];
+    /// Where this request's decision may be kept, and under which key: everything a
+    /// reusable decision depends on, hashed once. Under a declared decision key: the bundle
+    /// load, the method, the route the path matches (else the path with its query), and the
+    /// identity as far as the bundle said its decisions read it. Otherwise the method and the
+    /// path with its query, kept with the verified token, or shared by why there is none.
+    pub fn key(&self, bundle: &PolicyBundle, http: Option<&HttpRequest>, identity: &VerifiedToken) -> CacheKey {
+        let (method, path) = http.map(|h| (h.method.as_bytes(), h.path.as_bytes())).unwrap_or_default();
+        let Some(declared) = bundle.decision_key() else {
+            return match identity {
+                // 64 bits of the keyed hash: a wrong hit needs two of one token's requests to
+                // collide in a PRF whose key nobody outside knows.
+                Ok(_) => CacheKey::Token(self.hasher.hash_parts(&[method, path]) as u64),
+                Err(error) => CacheKey::Shared(self.hasher.hash_parts(&[
+                    &bundle.id().to_le_bytes(),
+                    error.code().as_bytes(),
+                    method,
+                    path,
+                ])),
+            };
+        };
+        let bundle = bundle.id().to_le_bytes();
+        let route = http.and_then(|h| declared.route(&h.method, &h.path)).map(|r| r.to_le_bytes());
+        let (tag, line): (&[u8], &[u8]) = match &route {
+            Some(route) => (b"route", route),
+            None => (b"path", path),
+        };
+        let mut parts: [&[u8]; 8] = [&bundle, method, tag, line, b"", b"", b"", b""];
         match identity {
-            Err(error) => (parts[2], parts[3]) = (b"error", error.code().as_bytes()),
+            Err(error) => (parts[4], parts[5]) = (b"error", error.code().as_bytes()),
             Ok(token) => {
-                parts[2] = b"verified";
+                parts[4] = b"verified";
                 // Each claim's value in its own slot (length-prefixed by the hasher); roles as
                 // the verifier joined them (a role never holds a `,`).
-                for (slot, claim) in parts[3..].iter_mut().zip(declared.claims()) {
+                for (slot, claim) in parts[5..].iter_mut().zip(declared.claims()) {
                     *slot = match claim {
                         KeyedClaim::Subject => token.subject.as_bytes(),
                         KeyedClaim::Roles => token.roles.as_bytes(),
@@ -96,8 +81,37 @@ impl DecisionCache {
                 }
             }
         }
-        self.hasher.hash_parts(&parts)
+        CacheKey::Shared(self.hasher.hash_parts(&parts))
     }
+
+    /// The decision `bundle` took for this request before, if it may be reused.
+    pub fn recall(&self, bundle: &PolicyBundle, identity: &VerifiedToken, key: CacheKey) -> Option<SharedDecision> {
+        match key {
+            CacheKey::Token(key) => identity.as_ref().ok()?.attached.recall(key, bundle.id(), now_secs()),
+            CacheKey::Shared(key) => self.shared.get(&key),
+        }
+    }
+
+    /// Remembers what `bundle` decided for this request.
+    pub fn remember(&self, bundle: &PolicyBundle, identity: &VerifiedToken, key: CacheKey, decision: &SharedDecision) {
+        match (key, identity) {
+            (CacheKey::Token(key), Ok(token)) => {
+                let until = now_secs().saturating_add(self.ttl.as_secs());
+                token.attached.remember(key, bundle.id(), until, decision.clone());
+            }
+            (CacheKey::Token(_), Err(_)) => {}
+            (CacheKey::Shared(key), _) => self.shared.insert(key, decision.clone()),
+        }
+    }
+}
+
+/// Where a reusable decision lives: with its verified token, or in the shared cache.
+#[derive(Debug, Clone, Copy)]
+pub enum CacheKey {
+    /// In the token's own cache entry, under this request key.
+    Token(u64),
+    /// In the shared cache, under this key (the bundle load is part of it).
+    Shared(u128),
 }
 
 /// How many decisions one verified token remembers. Clients repeat a few calls; every slot

@@ -24,12 +24,16 @@ pub mod report;
 pub mod sandbox_bench;
 pub mod scaling;
 
-/// The configuration benchmarks run authz with: test issuer, no per-decision log line.
+/// The configuration benchmarks run authz with: test issuer, no per-decision log line, and
+/// room for an evaluation under callgrind (tens of times slower than natively; a denial for
+/// running out of budget there would count the wrong path's instructions).
 pub fn config() -> Config {
     let mut config = Config::default();
     config.jwt.issuers = vec![ISSUER.into()];
     config.jwt.audiences = vec![AUDIENCE.into()];
     config.log.decisions = false;
+    config.policy.eval_timeout_ms = 2_000;
+    config.policy.eval_deadline_ms = 4_000;
     config
 }
 

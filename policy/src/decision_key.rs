@@ -125,8 +125,10 @@ impl DecisionKey {
     pub fn route(&self, method: &str, path: &str) -> Option<usize> {
         let routes = self.routes.get(method)?;
         let path = path.split_once('?').map_or(path, |(path, _)| path);
-        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-        routes.iter().position(|route| route.matches(&segments))
+        // Split on each call rather than into a Vec: this runs on every request.
+        let segments = || path.trim_start_matches('/').split('/');
+        let count = segments().count();
+        routes.iter().position(|route| route.0.len() == count && route.matches(segments()))
     }
 }
 
@@ -149,16 +151,16 @@ impl Route {
         self.0.len() == other.0.len() && self.0.iter().zip(&other.0).all(|(a, b)| a.is_none() || b.is_none() || a == b)
     }
 
-    fn matches(&self, segments: &[&str]) -> bool {
-        self.0.len() == segments.len()
-            && self.0.iter().zip(segments).all(|(pattern, raw)| match pattern {
-                None => true,
-                // A segment without `%` is its own decoding; one with it is decoded first.
-                Some(literal) if !raw.contains('%') => literal == raw,
-                Some(literal) => {
-                    percent_encoding::percent_decode_str(raw).decode_utf8().is_ok_and(|decoded| decoded == **literal)
-                }
-            })
+    /// Whether `segments`, as many as the route has, match it.
+    fn matches<'a>(&self, segments: impl Iterator<Item = &'a str>) -> bool {
+        self.0.iter().zip(segments).all(|(pattern, raw)| match pattern {
+            None => true,
+            // A segment without `%` is its own decoding; one with it is decoded first.
+            Some(literal) if !raw.contains('%') => literal == raw,
+            Some(literal) => {
+                percent_encoding::percent_decode_str(raw).decode_utf8().is_ok_and(|decoded| decoded == **literal)
+            }
+        })
     }
 }
 
