@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use qiria_test_support::process::Process;
-use qiria_test_support::tokens::{claims, now, SigningKey, AUDIENCE, ISSUER};
+use qiria_test_support::tokens::{claims_living, SigningKey, AUDIENCE, ISSUER};
 use qiria_test_support::{free_port, workspace_root};
 use rsa::traits::PublicKeyParts;
 
@@ -195,8 +195,7 @@ pub fn run(plan: &Plan, bins: &Binaries, work: &Path) -> anyhow::Result<LoadResu
     key.write_public(&keys_dir);
     let ec = SigningKey::ec("bench-es256");
     ec.write_public(&keys_dir);
-    let mut long = claims("alice", &["User"]);
-    long["exp"] = (now() + 3600).into();
+    let long = claims_living("alice", &["User"], 3600);
     let token = key.sign(&long);
 
     let setup = |name: &str, filters, backend, load| Setup { name: name.into(), filters, backend, load };
@@ -645,8 +644,7 @@ fn write_tokens(path: &Path, count: usize, rsa: &SigningKey, ec: &SigningKey) ->
     let signer = if count <= 10_000 { rsa } else { ec };
     let mut text = String::with_capacity(count * 700);
     for i in 0..count {
-        let mut c = claims(&format!("user-{i}"), &["User"]);
-        c["exp"] = (now() + 3600).into();
+        let c = claims_living(&format!("user-{i}"), &["User"], 3600);
         writeln!(text, "{}", signer.sign(&c))?;
     }
     std::fs::write(path, text)?;
@@ -656,13 +654,8 @@ fn write_tokens(path: &Path, count: usize, rsa: &SigningKey, ec: &SigningKey) ->
 /// `count` distinct RS256 tokens (the algorithm of the verification the issue prices), minted
 /// for this run: none of them has been sent before.
 fn write_fresh_tokens(path: &Path, count: usize, rsa: &SigningKey) -> anyhow::Result<()> {
-    let all: Vec<serde_json::Value> = (0..count)
-        .map(|i| {
-            let mut c = claims(&format!("fresh-{i}"), &["User"]);
-            c["exp"] = (now() + 3600).into();
-            c
-        })
-        .collect();
+    let all: Vec<serde_json::Value> =
+        (0..count).map(|i| claims_living(&format!("fresh-{i}"), &["User"], 3600)).collect();
     let mut text = String::with_capacity(count * 700);
     for token in rsa.sign_all(&all) {
         writeln!(text, "{token}")?;

@@ -22,7 +22,7 @@ use qiria_test_support::authz::Authz;
 use qiria_test_support::envoy::Envoy;
 use qiria_test_support::kestra::{mtls_client_builder, KestraOptions, Setup};
 use qiria_test_support::process::Process;
-use qiria_test_support::tokens::{claims, now, SigningKey, AUDIENCE, ISSUER};
+use qiria_test_support::tokens::{claims_living, SigningKey, AUDIENCE, ISSUER};
 use qiria_test_support::{free_port, workspace_root};
 use serde_json::Value;
 
@@ -447,8 +447,7 @@ impl Shared {
         key.write_public(&keys_dir);
         // One token for the whole run (both services cache its verification, as they would a
         // client's), valid for the longest lifetime the verifiers accept.
-        let mut long = claims("alice", &["User"]);
-        long["exp"] = (now() + 3600).into();
+        let long = claims_living("alice", &["User"], 3600);
         let token_file = work.join("token");
         std::fs::write(&token_file, key.sign(&long))?;
         let policy_dir = workspace_root().join("policies/rego");

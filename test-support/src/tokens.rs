@@ -136,10 +136,16 @@ pub fn now() -> u64 {
 
 /// Valid access-token claims for `sub` with `roles`, five minutes to live.
 pub fn claims(sub: &str, roles: &[&str]) -> serde_json::Value {
+    claims_living(sub, roles, 300)
+}
+
+/// The same, `lifetime` seconds to live, `exp` counted from the very `iat` it is written
+/// with (reading the clock twice can straddle a second and make the token one too long-lived).
+pub fn claims_living(sub: &str, roles: &[&str], lifetime: u64) -> serde_json::Value {
     let now = now();
     serde_json::json!({
         "iss": ISSUER, "aud": AUDIENCE, "sub": sub, "roles": roles, "typ": "access",
-        "iat": now, "nbf": now, "exp": now + 300, "jti": format!("{sub}-{now}-{}", rand::random::<u32>()),
+        "iat": now, "nbf": now, "exp": now + lifetime, "jti": format!("{sub}-{now}-{}", rand::random::<u32>()),
     })
 }
 
