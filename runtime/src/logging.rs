@@ -3,7 +3,11 @@
 //! configured, every audit event is also appended to it (`audit_trail`), whatever the level,
 //! and with `log.siem` the trail is delivered to the SIEM (`siem`).
 
-use tracing_subscriber::layer::SubscriberExt as _;
+use tracing::span::{Attributes, Id, Record};
+use tracing::subscriber::Interest;
+use tracing::{Event, Metadata};
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::layer::{Context, Filter, SubscriberExt as _};
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::Layer;
 
@@ -28,7 +32,7 @@ pub fn init(config: &LogConfig, service: &str) -> std::io::Result<()> {
     let traces = crate::telemetry::tracer(&config.tracing, service)?.map(|tracer| {
         tracing_opentelemetry::layer()
             .with_tracer(tracer)
-            .with_filter(tracing_subscriber::filter::filter_fn(|m| m.target() == crate::telemetry::TARGET))
+            .with_filter(PerCall(tracing_subscriber::filter::filter_fn(|m| m.target() == crate::telemetry::TARGET)))
     });
     let trail = match &config.audit_trail {
         Some(path) => {
@@ -37,7 +41,7 @@ pub fn init(config: &LogConfig, service: &str) -> std::io::Result<()> {
             if let Some(siem) = &config.siem {
                 crate::siem::start(path, layer.head(), service, siem)?;
             }
-            Some(layer.with_filter(tracing_subscriber::filter::filter_fn(|m| m.target() == "qiria::audit")))
+            Some(layer.with_filter(PerCall(tracing_subscriber::filter::filter_fn(|m| m.target() == "qiria::audit"))))
         }
         None if config.siem.is_some() => {
             return Err(std::io::Error::new(
@@ -52,20 +56,71 @@ pub fn init(config: &LogConfig, service: &str) -> std::io::Result<()> {
             .with_writer(WithTraceIds)
             .json()
             .flatten_event(true)
-            .with_filter(filter)
+            .with_filter(PerCall(filter))
             .boxed(),
-        LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(filter).boxed(),
+        LogFormat::Text => {
+            tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(PerCall(filter)).boxed()
+        }
     };
     // Every layer is filtered, and absent ones are left out rather than passed as `None`: an
     // unfiltered layer, or a `None` one, makes every span of tonic and h2 be created, entered
     // and closed on every request, at a cost near that of the whole decision.
     let counter = crate::metrics::AuditCounter
-        .with_filter(tracing_subscriber::filter::filter_fn(|m| m.target() == "qiria::audit"));
+        .with_filter(PerCall(tracing_subscriber::filter::filter_fn(|m| m.target() == "qiria::audit")));
     let mut layers = vec![fmt, counter.boxed()];
     layers.extend(trail.map(Layer::boxed));
     layers.extend(traces.map(Layer::boxed));
     tracing_subscriber::registry().with(layers).init();
     Ok(())
+}
+
+/// A per-layer filter asked on every call, never once per callsite. tracing-subscriber carries
+/// each filter's verdict from `enabled` to `on_event` in a thread-local, and a callsite every
+/// filter accepts is cached as "always", which skips `enabled`: the event is then judged on
+/// whatever the last `enabled` on that thread left there. sqlx's query logger asks
+/// `tracing::enabled!` after every query, and the issuer's audit events after it were dropped
+/// (tokio-rs/tracing#2519). "Sometimes" makes every dispatch ask.
+struct PerCall<F>(F);
+
+impl<S, F: Filter<S>> Filter<S> for PerCall<F> {
+    fn enabled(&self, meta: &Metadata<'_>, cx: &Context<'_, S>) -> bool {
+        self.0.enabled(meta, cx)
+    }
+
+    fn callsite_enabled(&self, meta: &'static Metadata<'static>) -> Interest {
+        match self.0.callsite_enabled(meta) {
+            never if never.is_never() => never,
+            _ => Interest::sometimes(),
+        }
+    }
+
+    fn event_enabled(&self, event: &Event<'_>, cx: &Context<'_, S>) -> bool {
+        self.0.event_enabled(event, cx)
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        self.0.max_level_hint()
+    }
+
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, cx: Context<'_, S>) {
+        self.0.on_new_span(attrs, id, cx)
+    }
+
+    fn on_record(&self, id: &Id, values: &Record<'_>, cx: Context<'_, S>) {
+        self.0.on_record(id, values, cx)
+    }
+
+    fn on_enter(&self, id: &Id, cx: Context<'_, S>) {
+        self.0.on_enter(id, cx)
+    }
+
+    fn on_exit(&self, id: &Id, cx: Context<'_, S>) {
+        self.0.on_exit(id, cx)
+    }
+
+    fn on_close(&self, id: Id, cx: Context<'_, S>) {
+        self.0.on_close(id, cx)
+    }
 }
 
 /// Standard error, each JSON line with the `trace_id` and `span_id` of the span it was
