@@ -641,23 +641,21 @@ fn write_tokens(path: &Path, count: usize, rsa: &SigningKey, ec: &SigningKey) ->
     if path.exists() {
         return Ok(());
     }
-    let signer = if count <= 10_000 { rsa } else { ec };
-    let mut text = String::with_capacity(count * 700);
-    for i in 0..count {
-        let c = claims_living(&format!("user-{i}"), &["User"], 3600);
-        writeln!(text, "{}", signer.sign(&c))?;
-    }
-    std::fs::write(path, text)?;
-    Ok(())
+    write_signed(path, if count <= 10_000 { rsa } else { ec }, "user", count)
 }
 
 /// `count` distinct RS256 tokens (the algorithm of the verification the issue prices), minted
 /// for this run: none of them has been sent before.
 fn write_fresh_tokens(path: &Path, count: usize, rsa: &SigningKey) -> anyhow::Result<()> {
+    write_signed(path, rsa, "fresh", count)
+}
+
+/// `count` tokens of subjects `{prefix}-0…`, one per line, an hour to live.
+fn write_signed(path: &Path, signer: &SigningKey, prefix: &str, count: usize) -> anyhow::Result<()> {
     let all: Vec<serde_json::Value> =
-        (0..count).map(|i| claims_living(&format!("fresh-{i}"), &["User"], 3600)).collect();
+        (0..count).map(|i| claims_living(&format!("{prefix}-{i}"), &["User"], 3600)).collect();
     let mut text = String::with_capacity(count * 700);
-    for token in rsa.sign_all(&all) {
+    for token in signer.sign_all(&all) {
         writeln!(text, "{token}")?;
     }
     std::fs::write(path, text)?;

@@ -176,12 +176,12 @@ pub fn render(
             "",
         );
     }
-    let (primer, primer_floor) = ratio_limit("(p)", 1.0);
+    let primer = cpu(find(rows, "(p)"));
     let _ = writeln!(
         out,
         "- context, not a target — OPA-Envoy's primer policy (p): authz CPU {} µs per decision, {} × the floor (e) (OPA-Envoy itself: ≈ 330–400 µs per such decision on this machine kind)",
         opt(primer, 1),
-        opt(primer.zip(primer_floor).map(|(p, f)| p / f), 2)
+        opt(primer.zip(cpu(floor)).map(|(p, f)| p / f), 2)
     );
     if let Some(floor_cpu) = cpu(floor) {
         let _ = writeln!(out, "\n## authz against the floor (e), backend CPU per request in this run\n");

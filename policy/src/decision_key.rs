@@ -15,8 +15,6 @@
 //! verified (else why not); and the listed claims of a verified one. Routes of one method
 //! must not overlap: two matching routes would share a key where the policy may not.
 
-use std::collections::HashMap;
-
 use regorus::Value;
 
 /// A claim of the verified identity a keyed decision may read. Only what the token verifier
@@ -34,7 +32,9 @@ pub enum KeyedClaim {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DecisionKey {
     claims: Vec<KeyedClaim>,
-    routes: HashMap<String, Vec<Route>>,
+    /// Per method, its routes. A list, not a map: a handful of methods, scanned on every
+    /// request, costs less than hashing the method.
+    routes: Vec<(String, Vec<Route>)>,
 }
 
 /// A path pattern: `None` stands for any one segment.
@@ -92,7 +92,7 @@ impl DecisionKey {
                 }
             }
         }
-        let mut routes: HashMap<String, Vec<Route>> = HashMap::new();
+        let mut routes = Vec::new();
         if let Some(methods) = object.get(&Value::from("routes")) {
             let methods = methods.as_object().map_err(|_| shape("routes", "an object: method → routes"))?;
             for (method, list) in methods.iter() {
@@ -109,7 +109,7 @@ impl DecisionKey {
                         });
                     }
                 }
-                routes.insert(method, parsed);
+                routes.push((method, parsed));
             }
         }
         Ok(Self { claims, routes })
@@ -123,7 +123,7 @@ impl DecisionKey {
     /// Which of `method`'s routes `path` (with or without its query) matches, compared as
     /// the policy sees it (`input.parsed_path`, each segment percent-decoded on its own).
     pub fn route(&self, method: &str, path: &str) -> Option<usize> {
-        let routes = self.routes.get(method)?;
+        let (_, routes) = self.routes.iter().find(|(m, _)| m == method)?;
         let path = path.split_once('?').map_or(path, |(path, _)| path);
         // Split on each call rather than into a Vec: this runs on every request.
         let segments = || path.trim_start_matches('/').split('/');

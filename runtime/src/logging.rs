@@ -29,11 +29,8 @@ pub fn init(config: &LogConfig, service: &str) -> std::io::Result<()> {
         Ok(directive) => filter.add_directive(directive),
         Err(_) => filter,
     };
-    let traces = crate::telemetry::tracer(&config.tracing, service)?.map(|tracer| {
-        tracing_opentelemetry::layer()
-            .with_tracer(tracer)
-            .with_filter(PerCall(tracing_subscriber::filter::filter_fn(|m| m.target() == crate::telemetry::TARGET)))
-    });
+    let traces = crate::telemetry::tracer(&config.tracing, service)?
+        .map(|tracer| tracing_opentelemetry::layer().with_tracer(tracer).with_filter(only(crate::telemetry::TARGET)));
     let trail = match &config.audit_trail {
         Some(path) => {
             let layer = TrailLayer::start(path.clone(), service, &config.audit_key_dir, config.audit_checkpoint_every)
@@ -41,7 +38,7 @@ pub fn init(config: &LogConfig, service: &str) -> std::io::Result<()> {
             if let Some(siem) = &config.siem {
                 crate::siem::start(path, layer.head(), service, siem)?;
             }
-            Some(layer.with_filter(PerCall(tracing_subscriber::filter::filter_fn(|m| m.target() == "qiria::audit"))))
+            Some(layer.with_filter(only(AUDIT)))
         }
         None if config.siem.is_some() => {
             return Err(std::io::Error::new(
@@ -65,13 +62,20 @@ pub fn init(config: &LogConfig, service: &str) -> std::io::Result<()> {
     // Every layer is filtered, and absent ones are left out rather than passed as `None`: an
     // unfiltered layer, or a `None` one, makes every span of tonic and h2 be created, entered
     // and closed on every request, at a cost near that of the whole decision.
-    let counter = crate::metrics::AuditCounter
-        .with_filter(PerCall(tracing_subscriber::filter::filter_fn(|m| m.target() == "qiria::audit")));
+    let counter = crate::metrics::AuditCounter.with_filter(only(AUDIT));
     let mut layers = vec![fmt, counter.boxed()];
     layers.extend(trail.map(Layer::boxed));
     layers.extend(traces.map(Layer::boxed));
     tracing_subscriber::registry().with(layers).init();
     Ok(())
+}
+
+/// The target of audit events.
+const AUDIT: &str = "qiria::audit";
+
+/// A per-layer filter letting through `target` only.
+fn only(target: &'static str) -> PerCall<tracing_subscriber::filter::FilterFn<impl Fn(&Metadata<'_>) -> bool>> {
+    PerCall(tracing_subscriber::filter::filter_fn(move |m| m.target() == target))
 }
 
 /// A per-layer filter asked on every call, never once per callsite. tracing-subscriber carries

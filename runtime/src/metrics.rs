@@ -44,10 +44,8 @@ impl tracing::field::Visit for Names {
 }
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for AuditCounter {
+    /// Sees only `qiria::audit` events: its filter (`logging`) lets nothing else through.
     fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
-        if event.metadata().target() != "qiria::audit" {
-            return;
-        }
         let mut names = Names::default();
         event.record(&mut names);
         let Some(name) = names.event else { return };
